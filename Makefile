@@ -1,0 +1,40 @@
+# rshape — `make quickstart` and `make test` do all the set-up they need on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch (it lies on disk on the project's machines). GPU users: `make install TORCH_SPEC=torch`
+# or install your own torch into the venv first — pip keeps an installed torch that satisfies the range.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint quickstart warmstart bench recipe-keys clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check rshape tests benchmarks scripts
+
+quickstart: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape rl recipes/quickstart.yaml output_dir=runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+
+warmstart: install
+	$(PY) -m rshape.tasks.warmstart --out rshape/assets/tiny-addition
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_trl.py
+
+recipe-keys: install
+	$(PY) scripts/recipe_keys.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

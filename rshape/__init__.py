@@ -1,0 +1,3 @@
+"""rshape: reward-shaping experiments for RL fine-tuning of language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,369 @@
+"""Recipes: YAML → a typed, validated schema; dotted overrides; errors that name the key and line.
+
+A recipe is validated completely before any model loads, and every error is reported at once,
+one line each: `recipes/x.yaml:12: rollout.group_siz: unknown key`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(Exception):
+    """A user mistake in a recipe: one line per problem, no traceback."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    """Train LoRA adapters instead of the full model (the KL reference is then the adapters-off model)."""
+    r: int = Field(16, gt=0)
+    """LoRA rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input; keep 0 for RL so the first importance ratio is exactly 1."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."""
+
+
+class ModelConfig(Section):
+    name: str = "builtin:tiny-addition"
+    """Hugging Face model id, a local directory, or `builtin:tiny-addition` (the shipped tiny-world policy)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapter settings."""
+    load_in_4bit: bool = False
+    """Load the frozen base in 4-bit NF4 through bitsandbytes (QLoRA); needs lora.enabled."""
+    bnb_compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of the 4-bit layers."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code from the model directory (Hugging Face `trust_remote_code`)."""
+
+    @model_validator(mode="after")
+    def _qlora_needs_lora(self) -> ModelConfig:
+        if self.load_in_4bit and not self.lora.enabled:
+            raise ValueError("load_in_4bit needs lora.enabled: a 4-bit base cannot be trained directly")
+        return self
+
+
+class TaskConfig(Section):
+    name: Literal["addition", "jsonl"] = "addition"
+    """`addition`: the built-in tiny world; `jsonl`: problems from `train_file` / `eval_file`."""
+    difficulties: list[int] = [1, 2, 3, 4]
+    """addition: digit counts to draw problems from."""
+    train_per_difficulty: int = Field(2000, gt=0)
+    """addition: size of the train pool per digit count."""
+    eval_per_difficulty: int = Field(50, gt=0)
+    """addition: size of the held-out eval split per digit count."""
+    train_file: str | None = None
+    """jsonl: training problems, one JSON object per line."""
+    eval_file: str | None = None
+    """jsonl: held-out problems (defaults to the first `eval_size` lines of train_file if unset)."""
+    eval_size: int = Field(200, gt=0)
+    """jsonl: problems kept from eval_file (or taken from train_file)."""
+    prompt_key: str = "prompt"
+    """jsonl: field holding the prompt (a string, or a list of chat messages)."""
+    answer_key: str = "answer"
+    """jsonl: field holding the gold answer."""
+    difficulty_key: str | None = "difficulty"
+    """jsonl: field holding an integer difficulty bucket (optional in the data)."""
+    verifier: Literal["exact", "numeric", "math"] = "exact"
+    """jsonl: answer check — exact string after normalisation, numeric with tolerance, or math-verify."""
+    system_prompt: str | None = None
+    """jsonl: system message prepended when the prompt is chat-shaped."""
+
+
+class RolloutConfig(Section):
+    prompts_per_step: int = Field(8, gt=0)
+    """Prompts sampled per RL step (B)."""
+    group_size: int = Field(8, ge=2)
+    """Completions per prompt (G); group statistics are over these siblings."""
+    max_new_tokens: int = Field(128, gt=0)
+    """Generation limit; a completion that reaches it without EOS is truncated."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature (also divides the logits of the training log-probs)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+
+
+class RewardSpec(BaseModel):
+    """One reward component: its type (defaults to the entry's name), weight and parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str | None = None
+    weight: float = 1.0
+
+
+class AlgorithmConfig(Section):
+    advantage: Literal["grpo"] = "grpo"
+    """Advantage estimator: `grpo` = (r − group mean) / (group std + eps)."""
+    adv_eps: float = Field(1e-4, gt=0)
+    """eps in the GRPO denominator."""
+    loss_agg: Literal["grpo", "dapo"] = "grpo"
+    """`grpo`: token mean per sequence, then mean; `dapo`: token mean over the whole batch."""
+    clip_low: float = Field(0.2, ge=0)
+    """Lower clip ε_low of the importance ratio (ratio ≥ 1 − ε_low)."""
+    clip_high: float = Field(0.2, ge=0)
+    """Upper clip ε_high (ratio ≤ 1 + ε_high); DAPO's clip-higher uses 0.28."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Weight β of the k3 KL to the reference (adapters off with LoRA); 0 disables it."""
+    epochs: int = Field(1, gt=0)
+    """Update passes over each batch of rollouts."""
+    minibatches: int = Field(1, gt=0)
+    """Optimizer steps per pass (the batch of B·G completions is split into this many)."""
+    logprob_chunk: int = Field(16, gt=0)
+    """Rows per chunk when computing token log-probs, bounding the full-vocabulary float32 memory."""
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-4, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up (linear and cosine decay to 0 at train.steps)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, gt=0)
+    """RL steps (one batch of rollouts each)."""
+    checkpoint_every: int = Field(50, ge=0)
+    """Write a checkpoint every this many steps (and always at the end); 0 = only at the end."""
+    log_samples: int = Field(4, ge=0)
+    """Completions written to samples.jsonl per step."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+
+class EvalConfig(Section):
+    every: int = Field(25, ge=0)
+    """Greedy eval on the held-out split every this many steps (and at start and end); 0 = start and end only."""
+    max_new_tokens: int | None = None
+    """Generation limit for eval (defaults to rollout.max_new_tokens)."""
+    batch_size: int = Field(64, gt=0)
+    """Prompts per generation batch during eval."""
+
+
+class Recipe(Section):
+    """The whole `rshape rl` recipe."""
+
+    seed: int = 0
+    """Seeds initialisation, data order and every sampled token."""
+    output_dir: str = "runs/rl"
+    """Run directory: resolved recipe, manifest, metrics.jsonl, samples.jsonl, checkpoints."""
+    device: str = "auto"
+    """`auto` (cuda when present, else cpu), `cpu`, `cuda`, `cuda:1`..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype: `auto` is bfloat16 on a GPU that supports it, else float32."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice)."""
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    rewards: dict[str, RewardSpec] = {"correctness": RewardSpec(weight=1.0)}
+    """Reward components by entry name: `{type, weight, ...parameters}`; the total is their weighted sum."""
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_reward(cls, v: dict[str, RewardSpec]) -> dict[str, RewardSpec]:
+        if not v:
+            raise ValueError("at least one reward component is needed")
+        return v
+
+
+# --------------------------------------------------------------------------- YAML and overrides
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map every key path of a YAML document to its 1-based line."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                index[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                index[(*path, str(i))] = v.start_mark.line + 1
+                walk(v, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (['a','b','c'], YAML-parsed value)."""
+    if "=" not in item:
+        raise RecipeError([f"override {item!r}: expected key=value, e.g. train.steps=50"])
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise RecipeError([f"override {item!r}: empty key"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError, source: str, lines: dict[tuple[str, ...], int],
+                   overridden: set[tuple[str, ...]]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = source
+        if any(loc[: len(o)] == o for o in overridden):
+            where = "command line"
+        else:
+            for n in range(len(loc), 0, -1):
+                if loc[:n] in lines:
+                    where = f"{source}:{lines[loc[:n]]}"
+                    break
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing required key"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {err['input']!r})"
+        out.append(f"{where}: {key}: {msg}")
+    return sorted(out, key=_line_of)
+
+
+def _line_of(message: str) -> tuple[int, str]:
+    """Sort key: errors in file order, command-line ones last."""
+    head = message.split(": ", 1)[0]
+    _, _, line = head.rpartition(":")
+    return (int(line) if line.isdigit() else 1 << 30, message)
+
+
+def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]]:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([f"{p}: recipe file not found"])
+    text = p.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError([f"{p}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeError([f"{p}: a recipe is a mapping of keys, got {type(data).__name__}"])
+    return data, _line_index(text)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem at once."""
+    data, lines = load_recipe_dict(path)
+    overridden: set[tuple[str, ...]] = set()
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value)
+        overridden.add(tuple(keys))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, str(path), lines, overridden)) from None
+    errors = check_components(recipe, str(path), lines, overridden)
+    if errors:
+        raise RecipeError(errors)
+    return recipe
+
+
+def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], int],
+                     overridden: set[tuple[str, ...]]) -> list[str]:
+    """Validate what the schema cannot: reward names and parameters, data files."""
+    from rshape.rewards import RewardConfigError, build_rewards
+
+    errors: list[str] = []
+
+    def where(loc: tuple[str, ...]) -> str:
+        if any(loc[: len(o)] == o for o in overridden):
+            return "command line"
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                return f"{source}:{lines[loc[:n]]}"
+        return source
+
+    try:
+        build_rewards(recipe.rewards, max_new_tokens=recipe.rollout.max_new_tokens)
+    except RewardConfigError as exc:
+        for loc, msg in exc.problems:
+            errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
+    task = recipe.task
+    if task.name == "jsonl":
+        if not task.train_file:
+            errors.append(f"{where(('task', 'name'))}: task.train_file: needed when task.name is jsonl")
+        for key in ("train_file", "eval_file"):
+            f = getattr(task, key)
+            if f and not Path(f).is_file():
+                errors.append(f"{where(('task', key))}: task.{key}: file not found: {f}")
+    return errors
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every key of the schema, for the README."""
+    rows = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, Section):
+            if f.description:
+                rows.append((key, "", f.description))
+            rows += describe_keys(ann, key + ".")
+            continue
+        default = f.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, dict):
+            default = {k: (v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v)
+                       for k, v in default.items()}
+        rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...").strip(),
+                     (f.description or "").replace("\n", " ")))
+    return rows

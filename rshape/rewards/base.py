@@ -1,0 +1,60 @@
+"""The reward interface: a reward is a function of a whole batch of groups.
+
+A batch holds N = B·G completions, laid out prompt-major: completions g·G … g·G+G−1 are the G
+siblings of prompt g. A component returns one float per completion ([N] tensor); NaN means
+"not applicable" for that sample, which then adds nothing to the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from rshape.tasks.base import Problem
+
+
+@dataclass
+class RewardBatch:
+    """Everything a reward may read about one step's rollouts.
+
+    lengths are in tokens, counting generated tokens up to and excluding EOS; `truncated` marks
+    completions that hit the generation limit without EOS; `correct` is the task verifier's
+    verdict (1.0/0.0), computed once per step and shared by every component.
+    """
+
+    prompts: list[Any]  # [N] prompt text or chat of each completion
+    completions: list[str]  # [N] decoded completion text (no EOS, no padding)
+    completion_ids: list[list[int]]  # [N] generated token ids (no EOS, no padding)
+    lengths: torch.Tensor  # [N] long
+    truncated: torch.Tensor  # [N] bool
+    correct: torch.Tensor  # [N] float 0/1
+    problems: list[Problem]  # [N] the problem of each completion
+    group_size: int  # G
+    step: int = 0
+    max_new_tokens: int = 0
+    state: dict[str, Any] = field(default_factory=dict)  # per-prompt history stores, by component
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.completions) // self.group_size
+
+    def grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """[N] → [B, G]."""
+        return x.view(self.num_groups, self.group_size)
+
+
+class RewardComponent(BaseModel):
+    """Base of every reward: a small picklable, validated callable `batch → [N] float tensor`.
+
+    Parameters are pydantic fields (unknown keys are refused), so a recipe entry such as
+    `{type: kimi_length, weight: 0.4}` validates before any model loads.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    needs_group: ClassVar[bool] = False
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define __call__")

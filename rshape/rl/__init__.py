@@ -1,0 +1,1 @@
+"""The GRPO-family RL loop and its parts: sampling, rollout, advantages, loss."""

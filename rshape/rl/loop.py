@@ -1,0 +1,267 @@
+"""`rshape rl`: the GRPO-family training loop, top to bottom.
+
+    sample prompts → generate G completions each → verify and score → advantages → clipped
+    policy update → log → evaluate → checkpoint
+
+Switches that change the algorithm (all recipe keys):
+- `algorithm.advantage`   how rewards become advantages (`grpo`: group mean/std).
+- `algorithm.loss_agg`    `grpo` (per-sequence token mean, then mean) or `dapo` (batch token mean).
+- `algorithm.clip_low/clip_high`   asymmetric ratio clip (DAPO clip-higher when high > low).
+- `algorithm.kl_beta`     k3 KL to the reference (adapters off under LoRA); 0 = no KL, no extra pass.
+- `algorithm.epochs/minibatches`   updates per batch; old log-probs are computed once before them
+                          (when both are 1, old = current detached, so the ratio is exactly 1).
+- `rewards`               the weighted components; the total that is logged is the one optimised.
+- `rollout.temperature/top_p`      sampling; the training log-probs use the same temperature.
+Sampling noise is keyed by (seed, step, prompt id, sample index), so runs and resumes reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from rshape.evaluate import greedy_eval
+from rshape.models import load_policy, resolve_device, resolve_dtype
+from rshape.recipe import Recipe, recipe_to_yaml
+from rshape.rewards import RewardBatch, build_rewards
+from rshape.rl.advantages import ADVANTAGES
+from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, token_logprobs
+from rshape.rl.rollout import Rollouts, rollout
+from rshape.rl.sampling import sample_keys
+from rshape.runs import (
+    JsonlWriter,
+    latest_checkpoint,
+    load_trainable_weights,
+    manifest,
+    prepare_run_dir,
+    save_checkpoint,
+    trainable_state_dict,
+    truncate_jsonl_after_step,
+    write_json,
+)
+from rshape.sampler import PromptSampler
+from rshape.tasks import build_task
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimizer step s: linear warm-up, then constant/linear/cosine to 0."""
+
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+def rollout_metrics(ro: Rollouts, correct: torch.Tensor) -> dict[str, float]:
+    """Accuracy and token lengths of the step's samples, overall, by correctness and by difficulty."""
+    lengths = ro.lengths.float()
+    ok = correct > 0
+    m: dict[str, float] = {
+        "accuracy": correct.mean().item(),
+        "length/mean": lengths.mean().item(),
+        "length/p50": lengths.quantile(0.5).item(),
+        "length/p90": lengths.quantile(0.9).item(),
+        "length/correct_mean": lengths[ok].mean().item() if ok.any() else float("nan"),
+        "length/wrong_mean": lengths[~ok].mean().item() if (~ok).any() else float("nan"),
+        "truncation_rate": ro.truncated.float().mean().item(),
+        "groups/all_correct": ok.view(-1, ro.group_size).all(1).float().mean().item(),
+        "groups/all_wrong": (~ok).view(-1, ro.group_size).all(1).float().mean().item(),
+    }
+    difficulty = torch.tensor([p.difficulty if p.difficulty is not None else -1 for p in ro.problems])
+    for d in sorted(set(difficulty.tolist()) - {-1}):
+        sel = difficulty == d
+        m[f"accuracy/difficulty_{d}"] = correct[sel].mean().item()
+        m[f"length/difficulty_{d}"] = lengths[sel].mean().item()
+    return m
+
+
+def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe, optimizer, params,
+                  step: int) -> dict[str, float]:
+    """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics."""
+    algo, temperature = recipe.algorithm, recipe.rollout.temperature
+    model = policy.model
+    device = ro.completion_ids.device
+    advantages = advantages.to(device)
+    n = ro.completion_ids.shape[0]
+    reuse = algo.epochs > 1 or algo.minibatches > 1
+    with torch.no_grad():
+        old_logp = token_logprobs(model, ro, temperature, algo.logprob_chunk)[0] if reuse else None  # [N, T]
+        ref_logp = None
+        if algo.kl_beta > 0:
+            with policy.reference() as ref:
+                ref_logp = token_logprobs(ref, ro, temperature, algo.logprob_chunk)[0]  # [N, T]
+    totals = {"loss": 0.0, "policy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "approx_kl": 0.0}
+    entropy_sum, grad_norms, tokens_seen = 0.0, [], 0
+    g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
+    for epoch in range(algo.epochs):
+        order = torch.randperm(n, generator=g) if algo.minibatches > 1 else torch.arange(n)
+        for mb_rows in order.chunk(algo.minibatches):
+            mb = ro.select(mb_rows)
+            num_tokens = mb.num_tokens
+            optimizer.zero_grad(set_to_none=True)
+            for chunk_rows in torch.arange(len(mb_rows)).split(algo.logprob_chunk):
+                part = mb.select(chunk_rows)
+                rows = mb_rows[chunk_rows]
+                logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids,
+                                            with_entropy=epoch == 0)  # [c, T]
+                mask = part.completion_mask
+                terms = clipped_policy_loss(
+                    logp, old_logp[rows] if reuse else logp.detach(), advantages[rows], mask,
+                    clip_low=algo.clip_low, clip_high=algo.clip_high, agg=algo.loss_agg,
+                    num_sequences=len(mb_rows), num_tokens=num_tokens,
+                    ref_logp=ref_logp[rows] if ref_logp is not None else None, kl_beta=algo.kl_beta)
+                terms.loss.backward()
+                for k in ("loss", "policy", "kl"):
+                    totals[k] += getattr(terms, k).item() / (algo.epochs * algo.minibatches)
+                for k in ("clip_low", "clip_high", "approx_kl"):
+                    totals[k] += getattr(terms, k).item()
+                if ent is not None:
+                    entropy_sum += (ent * mask).sum().item()
+            tokens_seen += num_tokens
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
+            optimizer.step()
+    tokens_per_epoch = max(1, ro.num_tokens)
+    return {
+        "loss/total": totals["loss"], "loss/policy": totals["policy"], "loss/kl": totals["kl"],
+        "policy/entropy": entropy_sum / tokens_per_epoch,
+        "policy/clip_frac_low": totals["clip_low"] / max(1, tokens_seen),
+        "policy/clip_frac_high": totals["clip_high"] / max(1, tokens_seen),
+        "policy/approx_kl": totals["approx_kl"] / max(1, tokens_seen),
+        "optim/grad_norm": sum(grad_norms) / len(grad_norms),
+    }
+
+
+def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str, Any]:
+    """Run `rshape rl` as the recipe says; returns the summary (first and last eval)."""
+    # ----------------------------------------------------------------- set-up
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    device = resolve_device(recipe.device)
+    dtype = resolve_dtype(recipe.dtype, device)
+    run_dir = prepare_run_dir(recipe.output_dir, resume)
+    torch.manual_seed(recipe.seed)
+    task = build_task(recipe.task, recipe.seed)
+    rewards = build_rewards(recipe.rewards, recipe.rollout.max_new_tokens)
+    policy = load_policy(recipe.model, device, dtype, keep_reference=recipe.algorithm.kl_beta > 0)
+    model, tokenizer = policy.model, policy.tokenizer
+    model.train()
+    params = policy.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=recipe.optim.betas,
+                                  weight_decay=recipe.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, recipe.train.steps))
+    sampler = PromptSampler(task.train, recipe.seed)
+    reward_state: dict[str, Any] = {}  # per-prompt histories of stateful rewards
+    advantage_fn = ADVANTAGES.get(recipe.algorithm.advantage)
+    rollout_cfg = recipe.rollout
+    B, G = rollout_cfg.prompts_per_step, rollout_cfg.group_size
+    eval_tokens = recipe.eval.max_new_tokens or rollout_cfg.max_new_tokens
+
+    start_step = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        load_trainable_weights(model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        reward_state = state["reward_state"]
+        start_step = state["step"]
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+            truncate_jsonl_after_step(run_dir / name, start_step)
+    else:
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"dtype": str(dtype)}))
+    metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
+    samples_log = JsonlWriter(run_dir / "samples.jsonl")
+    eval_log = JsonlWriter(run_dir / "eval.jsonl")
+
+    def evaluate(step: int) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens,
+                               batch_size=recipe.eval.batch_size, device=device)
+        model.train()
+        eval_log.write({"step": step, **m})
+        return m
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir, step, model, {
+            "step": step, "trainable": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "reward_state": reward_state,
+        })
+
+    if start_step == 0:
+        evaluate(0)
+
+    # ----------------------------------------------------------------- the loop
+    from rshape.progress import StepProgress
+
+    progress = StepProgress(recipe.train.steps, start_step, enabled=recipe.train.progress, console=console)
+    with progress:
+        for step in range(start_step + 1, recipe.train.steps + 1):
+            t0 = time.perf_counter()
+            problems = sampler.next(B)
+            keys = sample_keys(recipe.seed, step, [p.id for p in problems for _ in range(G)],
+                               [g for _ in problems for g in range(G)])  # [B·G]
+            ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=rollout_cfg.max_new_tokens,
+                         keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                         system_prompt=task.system_prompt, device=device)
+            t_gen = time.perf_counter() - t0
+
+            correct = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)])  # [N]
+            batch = RewardBatch(
+                prompts=[p.prompt for p in ro.problems], completions=ro.texts,
+                completion_ids=[row[:n].tolist() for row, n in zip(ro.completion_ids.cpu(), ro.lengths.tolist())],
+                lengths=ro.lengths, truncated=ro.truncated, correct=correct, problems=ro.problems,
+                group_size=G, step=step, max_new_tokens=rollout_cfg.max_new_tokens, state=reward_state)
+            scores = rewards.score(batch)
+            advantages = advantage_fn(scores.total, G, recipe.algorithm.adv_eps)  # [N]
+
+            update = policy_update(policy, ro, advantages, recipe, optimizer, params, step)
+            scheduler.step()
+            dt = time.perf_counter() - t0
+
+            metrics = {"step": step, **scores.metrics, **rollout_metrics(ro, correct), **update,
+                       "advantage/abs_mean": advantages.abs().mean().item(),
+                       "optim/lr": scheduler.get_last_lr()[0],
+                       "perf/step_time": dt, "perf/gen_time": t_gen,
+                       "perf/tokens_per_s": int(ro.lengths.sum()) / max(dt, 1e-9)}
+            metrics_log.write(metrics)
+            for i in range(0, min(recipe.train.log_samples * G, len(ro.texts)), G):
+                samples_log.write({"step": step, "prompt": ro.problems[i].prompt, "completion": ro.texts[i],
+                                   "answer": ro.problems[i].answer, "correct": bool(correct[i]),
+                                   "length": int(ro.lengths[i]), "truncated": bool(ro.truncated[i]),
+                                   "reward": scores.total[i].item(),
+                                   **{f"reward/{k}": v[i].item() for k, v in scores.raw.items()}})
+            progress.update(step, metrics)
+
+            if recipe.eval.every and step % recipe.eval.every == 0 and step != recipe.train.steps:
+                evaluate(step)
+            if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0:
+                checkpoint(step)
+    # ----------------------------------------------------------------- the end
+    from rshape.runs import read_jsonl
+
+    final_eval = evaluate(recipe.train.steps)
+    if not (recipe.train.checkpoint_every and recipe.train.steps % recipe.train.checkpoint_every == 0):
+        checkpoint(recipe.train.steps)
+    for log in (metrics_log, samples_log, eval_log):
+        log.close()
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    summary = {"run_dir": str(run_dir), "first_eval": evals[0], "final_eval": final_eval,
+               "steps": recipe.train.steps}
+    write_json(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,143 @@
+"""Batched generation with a KV cache and left padding, and the typed record of a batch of groups."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from rshape.rl.sampling import pick_tokens
+from rshape.tasks.base import Problem
+
+
+def render_prompt(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
+                  system_prompt: str | None = None) -> str:
+    """Plain text as is; a chat through the tokenizer's chat template (with the generation prompt)."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = list(prompt)
+    if system_prompt and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant: "
+
+
+def encode_prompts(texts: list[str], tokenizer: PreTrainedTokenizerBase,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, [R, P]."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not has_template)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward keyword that takes the KV cache: `cache` in newer transformers, else `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+             max_new_tokens: int, eos_token_id: int, pad_token_id: int, keys: torch.Tensor | None = None,
+             temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Decode up to max_new_tokens per row with a KV cache; greedy when `keys` is None.
+
+    input_ids, attention_mask: [R, P] left-padded.  Returns [R, T] (T ≤ max_new_tokens) with
+    EOS kept and pad after it. Stops as soon as every row has produced EOS.
+    """
+    rows = input_ids.shape[0]
+    cache = {cache_argument(model): DynamicCache()}
+    mask = attention_mask
+    pos = positions_from_mask(mask)  # [R, P]
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
+    next_pos = pos[:, -1:] + 1  # [R, 1]
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    tokens = []
+    for t in range(max_new_tokens):
+        tok = pick_tokens(out.logits[:, -1, :], keys, t, temperature, top_p)  # [R]
+        tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+        tokens.append(tok)
+        done |= tok == eos_token_id
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **cache)
+        next_pos = next_pos + 1
+    return torch.stack(tokens, dim=1)  # [R, T]
+
+
+def completion_mask(tokens: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From [R, T] generated tokens: (mask of tokens up to and including EOS [R, T] bool,
+    lengths without EOS [R] long, truncated = no EOS [R] bool)."""
+    is_eos = tokens == eos_token_id
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, tokens.shape[1], dtype=torch.long))
+    idx = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    mask = idx <= first_eos[:, None]
+    return mask, first_eos.long(), ~has_eos
+
+
+@dataclass
+class Rollouts:
+    """One step's completions: B prompts × G samples, prompt-major (row = b·G + g)."""
+
+    problems: list[Problem]  # [N]
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, T], pad after EOS
+    completion_mask: torch.Tensor  # [N, T] bool, up to and including EOS
+    lengths: torch.Tensor  # [N] long, tokens before EOS
+    truncated: torch.Tensor  # [N] bool
+    texts: list[str]  # [N] decoded completions
+    group_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    def select(self, rows: torch.Tensor) -> Rollouts:
+        """The subset of rows (e.g. a minibatch)."""
+        idx = rows.tolist()
+        return Rollouts(
+            problems=[self.problems[i] for i in idx], prompt_ids=self.prompt_ids[rows],
+            prompt_mask=self.prompt_mask[rows], completion_ids=self.completion_ids[rows],
+            completion_mask=self.completion_mask[rows], lengths=self.lengths[rows],
+            truncated=self.truncated[rows], texts=[self.texts[i] for i in idx], group_size=self.group_size,
+        )
+
+
+def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    return tokenizer.batch_decode([row[: int(n)].tolist() for row, n in zip(tokens, lengths)],
+                                  skip_special_tokens=False)
+
+
+def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
+            group_size: int, max_new_tokens: int, keys: torch.Tensor | None, temperature: float = 1.0,
+            top_p: float = 1.0, system_prompt: str | None = None, device: torch.device | None = None,
+            **_: Any) -> Rollouts:
+    """Generate `group_size` completions for each problem in one batch. keys: [B·G] sampling keys."""
+    device = device or next(model.parameters()).device
+    rows = [p for p in problems for _ in range(group_size)]
+    texts = [render_prompt(p.prompt, tokenizer, system_prompt) for p in rows]
+    ids, mask = encode_prompts(texts, tokenizer, device)
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, keys=keys, temperature=temperature, top_p=top_p)
+    finally:
+        model.train(was_training)
+    cmask, lengths, truncated = completion_mask(tokens, tokenizer.eos_token_id)
+    tokens = tokens.masked_fill(~cmask, tokenizer.pad_token_id)
+    return Rollouts(problems=rows, prompt_ids=ids, prompt_mask=mask, completion_ids=tokens,
+                    completion_mask=cmask, lengths=lengths.cpu(), truncated=truncated.cpu(),
+                    texts=decode_completions(tokens.cpu(), lengths.cpu(), tokenizer), group_size=group_size)

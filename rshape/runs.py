@@ -1,0 +1,164 @@
+"""The run directory: resolved recipe, manifest, metrics.jsonl, samples.jsonl and atomic checkpoints.
+
+    run/
+      recipe.yaml          the resolved recipe (after overrides)
+      manifest.json        package versions, git commit, seed, device, command
+      metrics.jsonl        one JSON object per step (and per eval), namespaced keys
+      samples.jsonl        a few completions per step with their rewards
+      eval.jsonl           every greedy evaluation, per difficulty
+      checkpoints/step_000050/   trainable weights, optimiser, scheduler, RNG, data cursor, state
+      checkpoints/latest   name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be used as asked (exists without --resume, nothing to resume)."""
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, torch.Tensor):
+        return _clean(v.item()) if v.numel() == 1 else v.tolist()
+    return v
+
+
+class JsonlWriter:
+    """Append-only JSONL with one flushed line per record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def truncate_jsonl_after_step(path: Path, step: int) -> None:
+    """Drop records of steps after `step`, so a resumed run rewrites them instead of duplicating them."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(seed: int, device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    versions = {}
+    for pkg in ("rshape", "torch", "transformers", "peft", "bitsandbytes", "pydantic", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "command": sys.argv, "seed": seed, "device": str(device), "git_commit": git_commit(),
+        "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None, **(extra or {}),
+    }
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / CHECKPOINTS / "latest"
+    if pointer.is_file():
+        path = run_dir / CHECKPOINTS / pointer.read_text().strip()
+        if (path / "state.pt").is_file():
+            return path
+    return None
+
+
+def prepare_run_dir(path: str | Path, resume: bool) -> Path:
+    """Create the run directory; refuse to write over an existing run unless resuming."""
+    run = Path(path)
+    if resume:
+        if latest_checkpoint(run) is None:
+            raise RunDirError(f"{run}: --resume given but no checkpoint found there")
+        return run
+    if (run / "metrics.jsonl").exists() or (run / CHECKPOINTS).exists():
+        raise RunDirError(f"{run}: a run already exists there; pass --resume to continue it or choose another output_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoints/step_{step} atomically (temp dir, then rename) and point `latest` at it.
+
+    The model part is what trains: the LoRA adapter (peft `save_pretrained`) or the full weights.
+    `trainer_state` holds the optimiser, scheduler, RNG, data cursor and per-prompt state.
+    """
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "model")
+    torch.save(trainer_state, tmp / "state.pt")
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = root / ".latest.tmp"
+    pointer_tmp.write_text(name)
+    os.replace(pointer_tmp, root / "latest")
+    olds = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
+    for old in olds[: max(0, len(olds) - (keep - 1))]:
+        shutil.rmtree(old)
+    return final
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Restore the trainable tensors saved with the checkpoint (adapter or full weights)."""
+    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state["trainable"].items():
+            params[k].copy_(v.to(params[k].device))
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+"""Tasks: the built-in tiny world and problems read from JSONL files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rshape.tasks.base import Problem, Task
+
+
+class DataError(Exception):
+    """A bad line in a data file: names the file and line."""
+
+
+def read_problems(path: str | Path, prompt_key: str, answer_key: str, difficulty_key: str | None,
+                  limit: int | None = None) -> list[Problem]:
+    """Problems from a JSONL file; a bad line raises DataError naming file and line."""
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row: dict[str, Any] = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            for key in (prompt_key, answer_key):
+                if key not in row or row[key] in ("", None, []):
+                    raise DataError(f"{path}:{lineno}: missing or empty '{key}'")
+            prompt = row[prompt_key]
+            if not isinstance(prompt, (str, list)):
+                raise DataError(f"{path}:{lineno}: '{prompt_key}' must be a string or a list of chat messages")
+            difficulty = row.get(difficulty_key) if difficulty_key else None
+            if difficulty is not None and not isinstance(difficulty, int):
+                raise DataError(f"{path}:{lineno}: '{difficulty_key}' must be an integer, got {difficulty!r}")
+            meta = {k: v for k, v in row.items() if k not in (prompt_key, answer_key)}
+            problems.append(Problem(id=str(row.get("id", f"{Path(path).name}:{lineno}")), prompt=prompt,
+                                    answer=str(row[answer_key]), difficulty=difficulty, meta=meta))
+            if limit is not None and len(problems) >= limit:
+                break
+    if not problems:
+        raise DataError(f"{path}: no problems in the file")
+    return problems
+
+
+def build_task(cfg: Any, seed: int = 0) -> Task:
+    """The task a recipe's `task` section names."""
+    if cfg.name == "addition":
+        from rshape.tasks.arithmetic import addition_task
+
+        return addition_task(cfg.difficulties, cfg.train_per_difficulty, cfg.eval_per_difficulty, seed=seed)
+    from rshape.tasks.verifiers import VERIFIERS
+
+    train = read_problems(cfg.train_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key)
+    if cfg.eval_file:
+        evals = read_problems(cfg.eval_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key, cfg.eval_size)
+    else:
+        evals, train = train[: cfg.eval_size], train[cfg.eval_size:] or train
+    return Task(name=Path(cfg.train_file).stem, train=train, eval=evals, verify=VERIFIERS[cfg.verifier],
+                system_prompt=cfg.system_prompt)
+
+
+__all__ = ["DataError", "Problem", "Task", "build_task", "read_problems"]

@@ -1,0 +1,110 @@
+"""GRPO advantages and the clipped loss with both aggregations, against hand computations and a loop."""
+
+import math
+
+import pytest
+import torch
+
+from rshape.rl.advantages import grpo_advantages
+from rshape.rl.loss import clipped_policy_loss, gather_logprobs, k3_kl
+
+
+def test_grpo_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    a = grpo_advantages(r, 4, eps=0.0 + 1e-4)
+    std = math.sqrt(4 * 0.25 / 3)  # unbiased
+    assert a[:4].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.5 / (std + 1e-4)])
+    assert a[4:].tolist() == [0.0] * 4  # all-equal group
+
+
+def test_grpo_group_of_two_and_loop_agrees():
+    r = torch.tensor([3.0, 1.0, 0.2, 0.7, -1.0, 5.0])
+    a = grpo_advantages(r, 2, eps=1e-4)
+    for g in range(3):
+        x, y = r[2 * g].item(), r[2 * g + 1].item()
+        m = (x + y) / 2
+        s = math.sqrt(((x - m) ** 2 + (y - m) ** 2) / 1)
+        assert a[2 * g].item() == pytest.approx((x - m) / (s + 1e-4), rel=1e-5)
+        assert a[2 * g + 1].item() == pytest.approx((y - m) / (s + 1e-4), rel=1e-5)
+
+
+def loop_loss(logp, old, adv, mask, lo, hi, agg):
+    """An independent plain-Python version of the clipped loss."""
+    per_seq, tok_sum, tok_n = [], 0.0, 0
+    for i in range(len(logp)):
+        s, n = 0.0, 0
+        for t in range(len(logp[i])):
+            if not mask[i][t]:
+                continue
+            ratio = math.exp(logp[i][t] - old[i][t])
+            clipped = min(max(ratio, 1 - lo), 1 + hi)
+            loss = -min(ratio * adv[i], clipped * adv[i])
+            s += loss
+            n += 1
+        per_seq.append(s / max(n, 1))
+        tok_sum += s
+        tok_n += n
+    return sum(per_seq) / len(per_seq) if agg == "grpo" else tok_sum / tok_n
+
+
+@pytest.mark.parametrize("agg", ["grpo", "dapo"])
+def test_clipped_loss_matches_loop(agg):
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(3, 5, generator=g)
+    old = logp + 0.4 * (torch.rand(3, 5, generator=g) - 0.5)
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    terms = clipped_policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.15, agg=agg,
+                                num_sequences=3, num_tokens=int(mask.sum()))
+    want = loop_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.1, 0.15, agg)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_ratio_one_gives_minus_mean_advantage_and_gradient():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    t = clipped_policy_loss(logp, logp.detach(), adv, mask, clip_low=0.2, clip_high=0.2, agg="grpo",
+                            num_sequences=2, num_tokens=3)
+    assert t.loss.item() == pytest.approx(-(2.0 + -1.0) / 2)
+    t.loss.backward()
+    # d/dlogp of −ratio·A/|y|/B at ratio 1 = −A/(|y|·B)
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.5, -0.5, 0.5, 0.0])
+
+
+def test_clip_bounds_asymmetric():
+    # ratios 1.5 and 0.5, clip_low 0.2, clip_high 0.28
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    pos = clipped_policy_loss(logp, old, torch.tensor([1.0]), mask, clip_low=0.2, clip_high=0.28, agg="dapo",
+                              num_sequences=1, num_tokens=2)
+    # A>0: min(1.5, 1.28) = 1.28 and min(0.5, 0.8) = 0.5 → loss −(1.28 + 0.5)/2
+    assert pos.loss.item() == pytest.approx(-(1.28 + 0.5) / 2)
+    assert pos.clip_high.item() == 1 and pos.clip_low.item() == 0
+    neg = clipped_policy_loss(logp, old, torch.tensor([-1.0]), mask, clip_low=0.2, clip_high=0.28, agg="dapo",
+                              num_sequences=1, num_tokens=2)
+    # A<0: min(−1.5, −1.28) = −1.5 and min(−0.5, −0.8) = −0.8 → loss (1.5 + 0.8)/2
+    assert neg.loss.item() == pytest.approx((1.5 + 0.8) / 2)
+    assert neg.clip_low.item() == 1 and neg.clip_high.item() == 0
+
+
+def test_k3_and_kl_term():
+    lp, ref = torch.tensor([[-1.0]]), torch.tensor([[-1.5]])
+    d = -0.5
+    assert k3_kl(lp, ref).item() == pytest.approx(math.exp(d) - d - 1)
+    t = clipped_policy_loss(lp, lp, torch.tensor([0.0]), torch.ones(1, 1, dtype=torch.bool), clip_low=0.2,
+                            clip_high=0.2, agg="grpo", num_sequences=1, num_tokens=1, ref_logp=ref, kl_beta=0.1)
+    assert t.loss.item() == pytest.approx(0.1 * (math.exp(d) - d - 1))
+    assert k3_kl(lp, lp).item() == 0.0
+
+
+def test_gather_logprobs_matches_log_softmax():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 7, generator=g)
+    tokens = torch.randint(0, 7, (2, 3), generator=g)
+    lp, ent = gather_logprobs(logits, tokens, with_entropy=True)
+    ref = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    assert torch.allclose(lp, ref, atol=1e-6)
+    p = torch.softmax(logits, -1)
+    assert torch.allclose(ent, -(p * torch.log(p)).sum(-1), atol=1e-5)

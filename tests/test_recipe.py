@@ -1,0 +1,97 @@
+"""Recipe schema: every error at once, one line each naming the key and line; overrides; CLI exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rshape.recipe import RecipeError, describe_keys, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_validate(tmp_path):
+    r = load_recipe(write(tmp_path, "seed: 3\n"))
+    assert r.seed == 3 and r.rollout.group_size == 8 and r.model.lora.enabled
+
+
+def test_all_errors_reported_with_key_and_line(tmp_path):
+    p = write(tmp_path, "seed: 1\nrollout:\n  group_siz: 4\n  temperature: hot\ntrain:\n  steps: -1\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    lines = exc.value.lines
+    assert len(lines) == 3
+    assert lines[0].startswith(f"{p}:3: rollout.group_siz: unknown key")
+    assert f"{p}:4: rollout.temperature:" in lines[1] and "hot" in lines[1]
+    assert f"{p}:6: train.steps:" in lines[2]
+
+
+def test_unknown_reward_and_bad_reward_param(tmp_path):
+    p = write(tmp_path, "rewards:\n  correctness: {weight: 1}\n  lenght: {weight: 0.3}\n  format: {pattern: '('}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    lines = exc.value.lines
+    assert any(line.startswith(f"{p}:3: rewards.lenght.type: unknown reward 'lenght'") for line in lines)
+    assert any(line.startswith(f"{p}:4: rewards.format.pattern") for line in lines)
+
+
+def test_overrides(tmp_path):
+    p = write(tmp_path, "rewards:\n  correctness: {weight: 1}\n  length: {weight: 0.4}\n")
+    r = load_recipe(p, ["train.steps=50", "rewards.length.weight=0.3", "model.lora.r=4"])
+    assert r.train.steps == 50 and r.rewards["length"].weight == 0.3 and r.model.lora.r == 4
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["train.stepz=5"])
+    assert exc.value.lines == ["command line: train.stepz: unknown key"]
+
+
+def test_missing_file_and_data_file(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(tmp_path / "nope.yaml")
+    assert "recipe file not found" in exc.value.lines[0]
+    p = write(tmp_path, "task:\n  name: jsonl\n  train_file: missing.jsonl\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert exc.value.lines == [f"{p}:3: task.train_file: file not found: missing.jsonl"]
+
+
+def test_qlora_needs_lora(tmp_path):
+    p = write(tmp_path, "model:\n  load_in_4bit: true\n  lora: {enabled: false}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert "load_in_4bit needs lora.enabled" in exc.value.lines[0]
+
+
+def test_cli_error_is_one_line_per_problem_without_traceback(tmp_path):
+    p = write(tmp_path, "rollout:\n  group_siz: 4\ntrain:\n  steps: many\n")
+    out = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(p)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "rollout.group_siz: unknown key" in errors[0] and "train.steps" in errors[1]
+    missing = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(tmp_path / "x.yaml")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "not found" in missing.stderr
+
+
+def test_shipped_recipes_validate():
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert recipes, "no recipes shipped"
+    for r in recipes:
+        first = r.read_text().splitlines()[0]
+        assert first.startswith("# rshape "), f"{r.name} must start with the command that runs it"
+        if "sweep" not in r.name:
+            load_recipe(r)
+
+
+def test_readme_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README lacks recipe keys: {missing}"
