@@ -74,8 +74,8 @@ def test_left_padding_does_not_change_generation(model_and_tok):
     both_ids, both_mask = encode_prompts(["1+2=?\n", "1234+5678=?\n"], tok, torch.device("cpu"))
     assert both_mask[0, 0] == 0  # the short prompt is left-padded
     for keys_alone, keys_both in [(None, None), (sample_keys(0, 1, ["a"], [0]), sample_keys(0, 1, ["a", "b"], [0, 0]))]:
-        a = generate(model, alone_ids, alone_mask, max_new_tokens=12, eos_token_id=1, pad_token_id=0, keys=keys_alone)
-        b = generate(model, both_ids, both_mask, max_new_tokens=12, eos_token_id=1, pad_token_id=0, keys=keys_both)
+        a, _ = generate(model, alone_ids, alone_mask, max_new_tokens=12, eos_token_id=1, pad_token_id=0, keys=keys_alone)
+        b, _ = generate(model, both_ids, both_mask, max_new_tokens=12, eos_token_id=1, pad_token_id=0, keys=keys_both)
         n = a.shape[1]
         assert b[0, :n].tolist() == a[0].tolist()
 

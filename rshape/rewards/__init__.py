@@ -7,17 +7,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+import importlib
+
 from rshape.registry import Registry, UnknownName
 from rshape.rewards.base import RewardBatch, RewardComponent
 from rshape.rewards.combine import RewardSet, WeightedComponent
-from rshape.rewards.correctness import Correctness
-from rshape.rewards.format import Format
-from rshape.rewards.length import KimiLength
+
+# Each family module defines COMPONENTS = {registry name: class}.
+FAMILY_MODULES = ["correctness", "format", "length"]
 
 REWARDS: Registry[type[RewardComponent]] = Registry("reward")
-REWARDS.register("correctness")(Correctness)
-REWARDS.register("format")(Format)
-REWARDS.register("kimi_length")(KimiLength)
+for _module in FAMILY_MODULES:
+    for _name, _cls in importlib.import_module(f"rshape.rewards.{_module}").COMPONENTS.items():
+        REWARDS.register(_name)(_cls)
 
 # Entry names that imply a type when `type` is not given: `length:` means the Kimi reward.
 DEFAULT_TYPE = {"length": "kimi_length"}

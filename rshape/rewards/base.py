@@ -8,12 +8,26 @@ siblings of prompt g. A component returns one float per completion ([N] tensor);
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from rshape.tasks.base import Problem
+
+
+class RewardContext(Protocol):
+    """What the training loop lends a reward that needs the policy (SAR, LASER-D's monitor)."""
+
+    monitor: list[Problem]  # a fixed monitor split of training problems
+
+    def logprobs(self, prompts: list[Any], completion_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Per-token log-probs under the current policy of each completion after the given prompt."""
+        ...
+
+    def generate(self, problems: list[Problem], group_size: int) -> RewardBatch:
+        """Sample `group_size` completions per problem with the current policy, verified (no reward)."""
+        ...
 
 
 @dataclass
@@ -35,7 +49,9 @@ class RewardBatch:
     group_size: int  # G
     step: int = 0
     max_new_tokens: int = 0
-    state: dict[str, Any] = field(default_factory=dict)  # per-prompt history stores, by component
+    schedule: dict[str, float] = field(default_factory=dict)  # current values of named schedules (budget...)
+    token_entropies: torch.Tensor | None = None  # [N, T] sampling entropy per generated token, if asked for
+    context: RewardContext | None = None  # access to the policy, for rewards that need it
 
     @property
     def num_groups(self) -> int:
@@ -54,7 +70,14 @@ class RewardComponent(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
-    needs_group: ClassVar[bool] = False
+    needs_entropies: ClassVar[bool] = False  # ask the rollout for per-token sampling entropies
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define __call__")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Persistent state (e.g. per-prompt history), saved in checkpoints. Stateless by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,6 +26,18 @@ class RewardSet:
     """
 
     components: list[WeightedComponent]
+
+    @property
+    def needs_entropies(self) -> bool:
+        return any(wc.component.needs_entropies for wc in self.components)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {wc.name: wc.component.state_dict() for wc in self.components}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for wc in self.components:
+            if wc.name in state:
+                wc.component.load_state_dict(state[wc.name])
 
     def score(self, batch: RewardBatch) -> RewardScores:
         n = len(batch.completions)

@@ -22,3 +22,6 @@ class Correctness(RewardComponent):
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         return torch.where(batch.correct > 0, self.correct_score, self.wrong_score).float()
+
+
+COMPONENTS = {"correctness": Correctness}

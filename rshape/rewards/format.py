@@ -34,3 +34,6 @@ class Format(RewardComponent):
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         rx = re.compile(self.pattern, re.DOTALL)
         return torch.tensor([1.0 if rx.match(c) else 0.0 for c in batch.completions])
+
+
+COMPONENTS = {"format": Format}

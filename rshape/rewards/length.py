@@ -28,3 +28,6 @@ class KimiLength(RewardComponent):
         r = torch.where(correct, lam, lam.clamp(max=0.0))
         r = torch.where(span > 0, r, torch.zeros_like(r))
         return r.reshape(-1)
+
+
+COMPONENTS = {"kimi_length": KimiLength}

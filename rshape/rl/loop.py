@@ -26,8 +26,9 @@ import torch
 from rshape.evaluate import greedy_eval
 from rshape.models import load_policy, resolve_device, resolve_dtype
 from rshape.recipe import Recipe, recipe_to_yaml
-from rshape.rewards import RewardBatch, build_rewards
+from rshape.rewards import build_rewards
 from rshape.rl.advantages import ADVANTAGES
+from rshape.rl.context import LoopContext, batch_from_rollouts
 from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, token_logprobs
 from rshape.rl.rollout import Rollouts, rollout
 from rshape.rl.sampling import sample_keys
@@ -161,7 +162,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, recipe.train.steps))
     sampler = PromptSampler(task.train, recipe.seed)
-    reward_state: dict[str, Any] = {}  # per-prompt histories of stateful rewards
+    monitor = PromptSampler(task.train, recipe.seed + 1).next(min(64, len(task.train)))  # fixed monitor split
     advantage_fn = ADVANTAGES.get(recipe.algorithm.advantage)
     rollout_cfg = recipe.rollout
     B, G = rollout_cfg.prompts_per_step, rollout_cfg.group_size
@@ -176,7 +177,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-        reward_state = state["reward_state"]
+        rewards.load_state_dict(state["reward_state"])
         start_step = state["step"]
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_jsonl_after_step(run_dir / name, start_step)
@@ -200,7 +201,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
         save_checkpoint(run_dir, step, model, {
             "step": step, "trainable": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "reward_state": reward_state,
+            "torch_rng": torch.get_rng_state(), "reward_state": rewards.state_dict(),
         })
 
     if start_step == 0:
@@ -218,15 +219,12 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                                [g for _ in problems for g in range(G)])  # [B·G]
             ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=rollout_cfg.max_new_tokens,
                          keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                         system_prompt=task.system_prompt, device=device)
+                         system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies)
             t_gen = time.perf_counter() - t0
 
-            correct = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)])  # [N]
-            batch = RewardBatch(
-                prompts=[p.prompt for p in ro.problems], completions=ro.texts,
-                completion_ids=[row[:n].tolist() for row, n in zip(ro.completion_ids.cpu(), ro.lengths.tolist())],
-                lengths=ro.lengths, truncated=ro.truncated, correct=correct, problems=ro.problems,
-                group_size=G, step=step, max_new_tokens=rollout_cfg.max_new_tokens, state=reward_state)
+            context = LoopContext(model, tokenizer, task, recipe, step, monitor, device)
+            batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context)
+            correct = batch.correct  # [N]
             scores = rewards.score(batch)
             advantages = advantage_fn(scores.total, G, recipe.algorithm.adv_eps)  # [N]
 

@@ -48,11 +48,13 @@ def cache_argument(model: torch.nn.Module) -> str:
 @torch.no_grad()
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int, keys: torch.Tensor | None = None,
-             temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+             temperature: float = 1.0, top_p: float = 1.0, with_entropies: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Decode up to max_new_tokens per row with a KV cache; greedy when `keys` is None.
 
-    input_ids, attention_mask: [R, P] left-padded.  Returns [R, T] (T ≤ max_new_tokens) with
-    EOS kept and pad after it. Stops as soon as every row has produced EOS.
+    input_ids, attention_mask: [R, P] left-padded.  Returns tokens [R, T] (T ≤ max_new_tokens) with
+    EOS kept and pad after it, and, if asked, the entropy of the temperature-scaled sampling
+    distribution at each generated token [R, T]. Stops as soon as every row has produced EOS.
     """
     rows = input_ids.shape[0]
     cache = {cache_argument(model): DynamicCache()}
@@ -61,9 +63,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
     next_pos = pos[:, -1:] + 1  # [R, 1]
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-    tokens = []
+    tokens, entropies = [], []
     for t in range(max_new_tokens):
-        tok = pick_tokens(out.logits[:, -1, :], keys, t, temperature, top_p)  # [R]
+        logits = out.logits[:, -1, :]  # [R, V]
+        if with_entropies:
+            logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+            entropies.append(-(logp.exp() * logp).sum(-1))
+        tok = pick_tokens(logits, keys, t, temperature, top_p)  # [R]
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         tokens.append(tok)
         done |= tok == eos_token_id
@@ -72,7 +78,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **cache)
         next_pos = next_pos + 1
-    return torch.stack(tokens, dim=1)  # [R, T]
+    return torch.stack(tokens, dim=1), (torch.stack(entropies, dim=1) if with_entropies else None)
 
 
 def completion_mask(tokens: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,6 +105,7 @@ class Rollouts:
     truncated: torch.Tensor  # [N] bool
     texts: list[str]  # [N] decoded completions
     group_size: int
+    entropies: torch.Tensor | None = None  # [N, T] sampling entropy per token, when asked for
 
     @property
     def num_tokens(self) -> int:
@@ -112,6 +119,7 @@ class Rollouts:
             prompt_mask=self.prompt_mask[rows], completion_ids=self.completion_ids[rows],
             completion_mask=self.completion_mask[rows], lengths=self.lengths[rows],
             truncated=self.truncated[rows], texts=[self.texts[i] for i in idx], group_size=self.group_size,
+            entropies=self.entropies[rows] if self.entropies is not None else None,
         )
 
 
@@ -123,7 +131,7 @@ def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: P
 def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
             group_size: int, max_new_tokens: int, keys: torch.Tensor | None, temperature: float = 1.0,
             top_p: float = 1.0, system_prompt: str | None = None, device: torch.device | None = None,
-            **_: Any) -> Rollouts:
+            with_entropies: bool = False, **_: Any) -> Rollouts:
     """Generate `group_size` completions for each problem in one batch. keys: [B·G] sampling keys."""
     device = device or next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
@@ -132,12 +140,14 @@ def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems
     was_training = model.training
     model.eval()
     try:
-        tokens = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, keys=keys, temperature=temperature, top_p=top_p)
+        tokens, entropies = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.pad_token_id, keys=keys, temperature=temperature, top_p=top_p,
+                                     with_entropies=with_entropies)
     finally:
         model.train(was_training)
     cmask, lengths, truncated = completion_mask(tokens, tokenizer.eos_token_id)
     tokens = tokens.masked_fill(~cmask, tokenizer.pad_token_id)
     return Rollouts(problems=rows, prompt_ids=ids, prompt_mask=mask, completion_ids=tokens,
                     completion_mask=cmask, lengths=lengths.cpu(), truncated=truncated.cpu(),
-                    texts=decode_completions(tokens.cpu(), lengths.cpu(), tokenizer), group_size=group_size)
+                    texts=decode_completions(tokens.cpu(), lengths.cpu(), tokenizer), group_size=group_size,
+                    entropies=entropies.masked_fill(~cmask, 0.0).cpu() if entropies is not None else None)

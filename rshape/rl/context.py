@@ -1,0 +1,65 @@
+"""What the loop lends to rewards that need the policy: log-probs of given texts, and fresh samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rshape.rewards.base import RewardBatch
+from rshape.rl.loss import token_logprobs
+from rshape.rl.rollout import Rollouts, encode_prompts, render_prompt, rollout
+from rshape.rl.sampling import sample_keys
+from rshape.tasks.base import Problem, Task
+
+
+def batch_from_rollouts(ro: Rollouts, task: Task, step: int, max_new_tokens: int, **extra: Any) -> RewardBatch:
+    """The reward view of a batch of rollouts, verified by the task."""
+    correct = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)])  # [N]
+    ids = ro.completion_ids.cpu()
+    return RewardBatch(
+        prompts=[p.prompt for p in ro.problems], completions=ro.texts,
+        completion_ids=[row[:n].tolist() for row, n in zip(ids, ro.lengths.tolist())],
+        lengths=ro.lengths, truncated=ro.truncated, correct=correct, problems=ro.problems,
+        group_size=ro.group_size, step=step, max_new_tokens=max_new_tokens, token_entropies=ro.entropies, **extra)
+
+
+class LoopContext:
+    """Implements rewards.base.RewardContext for one step of the loop."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Task, recipe: Any, step: int,
+                 monitor: list[Problem], device: torch.device) -> None:
+        self.model, self.tokenizer, self.task, self.recipe = model, tokenizer, task, recipe
+        self.step, self.monitor, self.device = step, monitor, device
+
+    @torch.no_grad()
+    def logprobs(self, prompts: list[Any], completion_ids: list[list[int]]) -> list[torch.Tensor]:
+        tok = self.tokenizer
+        texts = [render_prompt(p, tok, self.task.system_prompt) for p in prompts]
+        ids, mask = encode_prompts(texts, tok, self.device)
+        width = max(1, max(len(c) for c in completion_ids))
+        comp = torch.full((len(completion_ids), width), tok.pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((len(completion_ids), width), dtype=torch.bool)
+        for i, c in enumerate(completion_ids):
+            comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            cmask[i, : len(c)] = True
+        ro = Rollouts(problems=[None] * len(prompts), prompt_ids=ids, prompt_mask=mask,  # type: ignore[list-item]
+                      completion_ids=comp.to(self.device), completion_mask=cmask.to(self.device),
+                      lengths=cmask.sum(1), truncated=torch.zeros(len(prompts), dtype=torch.bool), texts=[""] * len(prompts),
+                      group_size=1)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            lp, _ = token_logprobs(self.model, ro, 1.0, self.recipe.algorithm.logprob_chunk)  # the model's own distribution
+        finally:
+            self.model.train(was_training)
+        return [lp[i, : len(c)].cpu() for i, c in enumerate(completion_ids)]
+
+    def generate(self, problems: list[Problem], group_size: int) -> RewardBatch:
+        cfg = self.recipe.rollout
+        keys = sample_keys(self.recipe.seed, self.step, [f"monitor:{p.id}" for p in problems for _ in range(group_size)],
+                           [g for _ in problems for g in range(group_size)])
+        ro = rollout(self.model, self.tokenizer, problems, group_size=group_size, max_new_tokens=cfg.max_new_tokens,
+                     keys=keys, temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=self.task.system_prompt,
+                     device=self.device)
+        return batch_from_rollouts(ro, self.task, self.step, cfg.max_new_tokens)
