@@ -34,7 +34,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_trl.py
 
 recipe-keys: install
-	$(PY) scripts/recipe_keys.py
+	$(PY) scripts/recipe_keys.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

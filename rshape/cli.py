@@ -31,6 +31,7 @@ def rl(
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
     from rshape.recipe import RecipeError, load_recipe
+    from rshape.rewards import RewardRuntimeError
     from rshape.runs import RunDirError
     from rshape.tasks import DataError
 
@@ -46,7 +47,7 @@ def rl(
     console = Console(stderr=True)
     try:
         summary = train(cfg, resume=resume, console=console)
-    except (RunDirError, DataError) as exc:
+    except (RunDirError, DataError, RewardRuntimeError) as exc:
         fail(str(exc))
     print_summary(summary, Console())
 

@@ -104,7 +104,7 @@ class RewardSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     type: str | None = None
-    weight: float = 1.0
+    weight: float | dict[str, Any] = 1.0
 
 
 class AlgorithmConfig(Section):
@@ -180,7 +180,12 @@ class Recipe(Section):
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     rewards: dict[str, RewardSpec] = {"correctness": RewardSpec(weight=1.0)}
-    """Reward components by entry name: `{type, weight, ...parameters}`; the total is their weighted sum."""
+    """Reward components by entry name: `{type, weight, combine, gate, ...parameters}` (see Reward components)."""
+    reward_combine: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    """`sum_then_normalize`: weighted sum, then the advantage estimator; `normalize_then_sum` (GDPO): each
+    component normalised in its group, weighted, summed, whitened over the batch — used as the advantage."""
+    schedules: dict[str, dict[str, Any]] = {}
+    """Named schedules of the step (e.g. `budget`), readable by rewards and logged as `schedule/<name>`."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -328,10 +333,24 @@ def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], i
         return source
 
     try:
-        build_rewards(recipe.rewards, max_new_tokens=recipe.rollout.max_new_tokens)
+        build_rewards(recipe.rewards, max_new_tokens=recipe.rollout.max_new_tokens, mode=recipe.reward_combine)
     except RewardConfigError as exc:
         for loc, msg in exc.problems:
             errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
+    from pydantic import ValidationError as _VE
+
+    from rshape.schedules import parse_schedule
+
+    for name, spec in recipe.schedules.items():
+        try:
+            parse_schedule(spec)
+        except _VE as exc:
+            for err in exc.errors():
+                loc = ("schedules", name, *(str(p) for p in err["loc"][1:]))
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
     task = recipe.task
     if task.name == "jsonl":
         if not task.train_file:

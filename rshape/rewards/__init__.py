@@ -1,17 +1,18 @@
-"""Reward components by short name, and building a weighted set of them from a recipe."""
+"""Reward components by short name, and building a combined set of them from a recipe."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-import importlib
-
-from rshape.registry import Registry, UnknownName
+from rshape.registry import Registry, UnknownName, load_dotted
 from rshape.rewards.base import RewardBatch, RewardComponent
-from rshape.rewards.combine import RewardSet, WeightedComponent
+from rshape.rewards.combine import RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
+from rshape.rewards.user import UserFunction, UserRewardError
+from rshape.schedules import SCHEDULE_KINDS, _Schedule, is_schedule, parse_schedule
 
 # Each family module defines COMPONENTS = {registry name: class}.
 FAMILY_MODULES = ["correctness", "format", "length"]
@@ -23,8 +24,10 @@ for _module in FAMILY_MODULES:
 
 # Entry names that imply a type when `type` is not given: `length:` means the Kimi reward.
 DEFAULT_TYPE = {"length": "kimi_length"}
+RESERVED_KEYS = ("type", "weight", "combine", "gate")
 
-__all__ = ["REWARDS", "RewardBatch", "RewardComponent", "RewardSet", "RewardConfigError", "build_rewards"]
+__all__ = ["REWARDS", "RewardBatch", "RewardComponent", "RewardConfigError", "RewardRuntimeError", "RewardScores",
+           "RewardSet", "UserRewardError", "build_rewards"]
 
 
 class RewardConfigError(Exception):
@@ -35,28 +38,120 @@ class RewardConfigError(Exception):
         super().__init__("; ".join(f"{'.'.join(k)}: {m}" for k, m in problems))
 
 
-def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None) -> RewardSet:
-    """Instantiate every component the recipe names; collect every problem before raising."""
+def _schedule_extremes(s: _Schedule) -> list[float]:
+    """Values of a schedule at the steps that define it (enough to check its sign)."""
+    steps = {0, 10**9}
+    for attr in ("begin", "until"):
+        if hasattr(s, attr):
+            steps.add(getattr(s, attr))
+    steps.update(getattr(s, "milestones", []))
+    steps.update(p for p, _ in getattr(s, "points", []))
+    return [s(t) for t in sorted(steps)]
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...], schedule: bool = False
+                       ) -> list[tuple[tuple[str, ...], str]]:
+    out = []
+    for err in exc.errors():
+        loc = (*prefix, *(str(p) for p in err["loc"][1 if schedule else 0:]))  # a schedule's first loc is its tag
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            got = err["input"].get("schedule")
+            msg = f"unknown schedule {got!r}; valid: {', '.join(SCHEDULE_KINDS)}"
+        out.append((loc, msg))
+    return out
+
+
+def _resolve_class(type_name: str) -> type[RewardComponent] | Any:
+    if type_name in REWARDS:
+        return REWARDS.get(type_name)
+    if "." in type_name or ":" in type_name:
+        return load_dotted(type_name)
+    return REWARDS.get(type_name)  # raises UnknownName listing the valid names
+
+
+def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
+                  mode: str = "sum_then_normalize") -> RewardSet:
+    """Instantiate every component the recipe names; collect every problem before raising.
+
+    An entry is `{type, weight, combine, gate, ...parameters}`; `type` is a registry name or a dotted
+    path to a RewardComponent subclass or to a TRL-style function. Any parameter or the weight may be a
+    schedule mapping.
+    """
     problems: list[tuple[tuple[str, ...], str]] = []
     parts: list[WeightedComponent] = []
     for name, spec in specs.items():
-        spec = spec if isinstance(spec, Mapping) else spec.model_dump()
-        params = {k: v for k, v in spec.items() if k not in ("type", "weight")}
+        spec = dict(spec) if isinstance(spec, Mapping) else spec.model_dump()
+        where = ("rewards", name)
         type_name = spec.get("type") or DEFAULT_TYPE.get(name, name)
         try:
-            cls = REWARDS.get(type_name)
+            cls = _resolve_class(type_name)
         except UnknownName as exc:
-            problems.append((("rewards", name, "type"), str(exc)))
+            problems.append(((*where, "type"), str(exc)))
             continue
-        try:
-            component = cls.model_validate(params)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("rewards", name, *(str(p) for p in err["loc"]))
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-                problems.append((loc, msg))
+        scheduled: dict[str, _Schedule] = {}
+        params: dict[str, Any] = {}
+        for k, v in spec.items():
+            if k in RESERVED_KEYS:
+                continue
+            if is_schedule(v):
+                try:
+                    scheduled[k] = parse_schedule(v)
+                except ValidationError as exc:
+                    problems += _pydantic_problems(exc, (*where, k), schedule=True)
+                    continue
+                params[k] = scheduled[k](0)
+            else:
+                params[k] = v
+        weight: float | _Schedule = 1.0
+        raw_weight = spec.get("weight", 1.0)
+        if is_schedule(raw_weight):
+            try:
+                weight = parse_schedule(raw_weight)
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, (*where, "weight"), schedule=True)
+        elif isinstance(raw_weight, (int, float)) and not isinstance(raw_weight, bool):
+            weight = float(raw_weight)
+        else:
+            problems.append(((*where, "weight"), f"a number or a schedule, got {raw_weight!r}"))
+        is_user = not (isinstance(cls, type) and issubclass(cls, RewardComponent))
+        if is_user:
+            if not callable(cls) or isinstance(cls, type):
+                problems.append(((*where, "type"), f"{type_name} is neither a RewardComponent nor a function"))
+                continue
+            if scheduled:
+                problems.append(((*where, next(iter(scheduled))), "parameters of a user function cannot follow a schedule"))
+                continue
+            component: RewardComponent = UserFunction(path=type_name, params=params)
+        else:
+            try:
+                component = cls.model_validate(params)
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, where)
+                continue
+        combine = spec.get("combine", "add")
+        if combine not in ("add", "multiply"):
+            problems.append(((*where, "combine"), f"add or multiply, got {combine!r}"))
             continue
-        parts.append(WeightedComponent(name=name, weight=float(spec.get("weight", 1.0)), component=component))
+        weights = _schedule_extremes(weight) if isinstance(weight, _Schedule) else [weight]
+        if not is_user and min(weights) < 0:
+            problems.append(((*where, "weight"), "must be ≥ 0: a negative weight turns this reward into its opposite "
+                             "(use a penalty component, or wrap it in a user function if you mean it)"))
+        if combine == "multiply" and weights != [1.0]:
+            problems.append(((*where, "weight"), "a multiplicative component multiplies by its raw value; leave weight at 1"))
+        gate_on, gate_threshold = None, 0.0
+        gate = spec.get("gate")
+        if gate is not None:
+            if not isinstance(gate, Mapping) or set(gate) - {"on", "threshold"} or "on" not in gate:
+                problems.append(((*where, "gate"), "expected {on: <reward entry>, threshold: <number>}"))
+            elif gate["on"] not in specs or gate["on"] == name:
+                problems.append(((*where, "gate", "on"), f"must name another entry of rewards, got {gate['on']!r}"))
+            else:
+                gate_on, gate_threshold = str(gate["on"]), float(gate.get("threshold", 0.0))
+        parts.append(WeightedComponent(name=name, weight=weight, component=component, combine=combine, gate_on=gate_on,
+                                       gate_threshold=gate_threshold, scheduled_params=scheduled, type_name=type_name))
+    if mode == "normalize_then_sum" and any(p.combine == "multiply" for p in parts):
+        problems.append((("reward_combine",), "normalize_then_sum cannot be used with multiplicative components"))
     if problems:
         raise RewardConfigError(problems)
-    return RewardSet(parts)
+    return RewardSet(parts, mode=mode)  # type: ignore[arg-type]

@@ -1,31 +1,80 @@
-"""Combining reward components into the scalar that reaches the advantage estimator (METHODS.md §5)."""
+"""Combining reward components into what reaches the policy update (METHODS.md §5).
+
+Each entry of a recipe's `rewards:` becomes a `WeightedComponent`:
+- `combine: add` (default): contributes weight·raw to the sum (NaN "not applicable" contributes 0);
+- `gate: {on: NAME, threshold: Δ}`: an added component counts only where component NAME's raw value
+  is ≥ Δ (G-RA: R = r_high + Σ 1[r_high ≥ Δ]·r_low), e.g. a length bonus only for correct answers;
+- `combine: multiply`: the sum of the added components is multiplied by raw (CaRL-style; NaN = ×1);
+  the weight of a multiplier must stay 1.
+The weight and any parameter may be a schedule of the step (rshape.schedules).
+
+Two modes (`reward_combine` in the recipe):
+- `sum_then_normalize` (default): total = the combination above; the advantage estimator normalises it.
+- `normalize_then_sum` (GDPO): each added component is normalised within its group,
+  (r − mean_g)/(std_g + ε), weighted (and gated), summed, and the sum whitened over the batch; that is
+  the advantage, and the estimator is skipped. `reward/total` still logs the plain weighted sum.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.schedules import _Schedule
+
+
+class RewardRuntimeError(Exception):
+    """A component failed while scoring: names the component (the recipe entry) and its type."""
 
 
 @dataclass
 class WeightedComponent:
     name: str  # the recipe entry name; also the metric key
-    weight: float
+    weight: float | _Schedule
     component: RewardComponent
+    combine: Literal["add", "multiply"] = "add"
+    gate_on: str | None = None
+    gate_threshold: float = 0.0
+    scheduled_params: dict[str, _Schedule] = field(default_factory=dict)
+    type_name: str = ""
+
+    def weight_at(self, step: int) -> float:
+        return self.weight(step) if isinstance(self.weight, _Schedule) else float(self.weight)
+
+    def component_at(self, step: int) -> RewardComponent:
+        """The component with scheduled parameters set to their value at `step` (state is shared)."""
+        if not self.scheduled_params:
+            return self.component
+        return self.component.model_copy(update={k: s(step) for k, s in self.scheduled_params.items()})
+
+
+@dataclass
+class RewardScores:
+    total: torch.Tensor  # [N] the reward the advantage estimator receives (the weighted combination)
+    raw: dict[str, torch.Tensor]  # component name → [N] raw values (NaN = not applicable)
+    metrics: dict[str, float]  # reward/<name>/raw, .../weighted, reward/total ...
+    advantages: torch.Tensor | None = None  # [N] set by normalize_then_sum, which replaces the estimator
+
+
+def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
+    g = x.view(-1, group_size)
+    filled = torch.where(torch.isnan(g), torch.nanmean(g, dim=1, keepdim=True).nan_to_num(0.0), g)
+    std = filled.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(filled[:, :1])
+    centred = filled - filled.mean(dim=1, keepdim=True)
+    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred)).reshape(-1)
 
 
 @dataclass
 class RewardSet:
-    """A weighted sum r_i = Σ_k w_k · r_k,i over components (a NaN "not applicable" adds 0).
-
-    `score` returns the total that the optimiser sees together with the metrics of each component,
-    so the logged `reward/total` is the same tensor that is optimised (METHODS.md §5).
-    """
+    """The recipe's reward: see the module docstring for the combination rules."""
 
     components: list[WeightedComponent]
+    mode: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    eps: float = 1e-4
 
     @property
     def needs_entropies(self) -> bool:
@@ -39,31 +88,57 @@ class RewardSet:
             if wc.name in state:
                 wc.component.load_state_dict(state[wc.name])
 
+    def _raw(self, wc: WeightedComponent, batch: RewardBatch) -> torch.Tensor:
+        n = len(batch.completions)
+        try:
+            raw = wc.component_at(batch.step)(batch)
+        except Exception as exc:
+            raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).cpu()
+        if raw.numel() != n:
+            raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) returned {raw.numel()} values for {n} completions")
+        return raw
+
     def score(self, batch: RewardBatch) -> RewardScores:
         n = len(batch.completions)
-        total = torch.zeros(n)
+        raws = {wc.name: self._raw(wc, batch) for wc in self.components}
         metrics: dict[str, float] = {}
-        raws: dict[str, torch.Tensor] = {}
+        added = torch.zeros(n)
+        normalized = torch.zeros(n)
+        multiplier = torch.ones(n)
         for wc in self.components:
-            raw = wc.component(batch).float().reshape(-1)  # [N]
-            if raw.numel() != n:
-                raise ValueError(f"reward {wc.name!r} returned {raw.numel()} values for {n} completions")
-            raws[wc.name] = raw
+            raw = raws[wc.name]
             applicable = ~torch.isnan(raw)
-            weighted = torch.where(applicable, wc.weight * raw, torch.zeros_like(raw))
-            total += weighted
+            w = wc.weight_at(batch.step)
             vals = raw[applicable]
             metrics[f"reward/{wc.name}/raw"] = vals.mean().item() if vals.numel() else float("nan")
             metrics[f"reward/{wc.name}/raw_std"] = vals.std(unbiased=False).item() if vals.numel() else float("nan")
-            metrics[f"reward/{wc.name}/weighted"] = weighted.mean().item()
             metrics[f"reward/{wc.name}/applicable"] = applicable.float().mean().item()
+            if isinstance(wc.weight, _Schedule):
+                metrics[f"reward/{wc.name}/weight"] = w
+            for k, s in wc.scheduled_params.items():
+                metrics[f"reward/{wc.name}/{k}"] = s(batch.step)
+            if wc.combine == "multiply":
+                multiplier *= torch.where(applicable, raw, torch.ones_like(raw))
+                continue
+            gate = torch.ones(n, dtype=torch.bool)
+            if wc.gate_on is not None:
+                gate = raws[wc.gate_on].nan_to_num(float("-inf")) >= wc.gate_threshold
+                metrics[f"reward/{wc.name}/gate_open"] = gate.float().mean().item()
+            contribution = torch.where(applicable & gate, w * raw, torch.zeros_like(raw))
+            added += contribution
+            metrics[f"reward/{wc.name}/weighted"] = contribution.mean().item()
+            if self.mode == "normalize_then_sum":
+                normalized += torch.where(gate, w * group_normalize(raw, batch.group_size, self.eps), torch.zeros_like(raw))
+        total = added * multiplier
+        for wc in self.components:
+            if wc.combine == "multiply":  # the change a multiplier made to the total
+                metrics[f"reward/{wc.name}/weighted"] = (total - added).mean().item()
         metrics["reward/total"] = total.mean().item()
         metrics["reward/total_std"] = total.std(unbiased=False).item()
-        return RewardScores(total=total, raw=raws, metrics=metrics)
-
-
-@dataclass
-class RewardScores:
-    total: torch.Tensor  # [N] the reward the advantage estimator receives
-    raw: dict[str, torch.Tensor]  # component name → [N] raw values (NaN = not applicable)
-    metrics: dict[str, float]  # reward/<name>/raw, .../weighted, reward/total ...
+        advantages = None
+        if self.mode == "normalize_then_sum":
+            std = normalized.std() if n > 1 else torch.tensor(0.0)
+            advantages = (normalized - normalized.mean()) / (std + self.eps)
+        return RewardScores(total=total, raw=raws, metrics=metrics, advantages=advantages)

@@ -44,6 +44,7 @@ from rshape.runs import (
     write_json,
 )
 from rshape.sampler import PromptSampler
+from rshape.schedules import parse_schedule
 from rshape.tasks import build_task
 
 
@@ -152,7 +153,8 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     run_dir = prepare_run_dir(recipe.output_dir, resume)
     torch.manual_seed(recipe.seed)
     task = build_task(recipe.task, recipe.seed)
-    rewards = build_rewards(recipe.rewards, recipe.rollout.max_new_tokens)
+    rewards = build_rewards(recipe.rewards, recipe.rollout.max_new_tokens, mode=recipe.reward_combine)
+    schedules = {name: parse_schedule(spec) for name, spec in recipe.schedules.items()}
     policy = load_policy(recipe.model, device, dtype, keep_reference=recipe.algorithm.kl_beta > 0)
     model, tokenizer = policy.model, policy.tokenizer
     model.train()
@@ -223,16 +225,20 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             t_gen = time.perf_counter() - t0
 
             context = LoopContext(model, tokenizer, task, recipe, step, monitor, device)
-            batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context)
+            schedule_values = {name: s(step) for name, s in schedules.items()}
+            batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context,
+                                        schedule=schedule_values)
             correct = batch.correct  # [N]
             scores = rewards.score(batch)
-            advantages = advantage_fn(scores.total, G, recipe.algorithm.adv_eps)  # [N]
+            advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
+                          else advantage_fn(scores.total, G, recipe.algorithm.adv_eps))  # [N]
 
             update = policy_update(policy, ro, advantages, recipe, optimizer, params, step)
             scheduler.step()
             dt = time.perf_counter() - t0
 
             metrics = {"step": step, **scores.metrics, **rollout_metrics(ro, correct), **update,
+                       **{f"schedule/{k}": v for k, v in schedule_values.items()},
                        "advantage/abs_mean": advantages.abs().mean().item(),
                        "optim/lr": scheduler.get_last_lr()[0],
                        "perf/step_time": dt, "perf/gen_time": t_gen,

@@ -1,0 +1,124 @@
+"""Composition: weights, schedules, gates, multipliers, normalize_then_sum, user functions, errors."""
+
+import pytest
+import torch
+
+from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
+from rshape.rewards.combine import group_normalize
+from rshape.rewards.user import UserRewardError
+from test_rewards_basic import make_batch
+
+TEXTS = ["<think>a</think><answer>1</answer>", "<think>a</think>1", "<answer>1</answer>", "oops"]
+
+
+def batch(step=0, correct=(1, 0, 1, 0), lengths=(10, 20, 30, 40)):
+    b = make_batch(list(lengths), list(correct), 4, completions=list(TEXTS))
+    b.step = step
+    return b
+
+
+def test_scheduled_weight_follows_step():
+    rs = build_rewards({"correctness": {"weight": 1.0},
+                        "length": {"weight": {"schedule": "linear", "start": 0.0, "end": 0.4, "until": 10}}})
+    kimi = torch.tensor([0.5, 0.0, -1 / 6, -0.5])
+    for step, w in [(0, 0.0), (5, 0.2), (10, 0.4), (50, 0.4)]:
+        s = rs.score(batch(step))
+        assert s.total.tolist() == pytest.approx((torch.tensor([1.0, 0, 1, 0]) + w * kimi).tolist(), abs=1e-6)
+        assert s.metrics["reward/length/weight"] == pytest.approx(w)
+
+
+def test_scheduled_parameter():
+    rs = build_rewards({"correctness": {"wrong_score": {"schedule": "step", "values": [0.0, -0.5], "milestones": [3]}}})
+    assert rs.score(batch(2)).total.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert rs.score(batch(3)).total.tolist() == [1.0, -0.5, 1.0, -0.5]
+
+
+def test_gate_counts_only_when_gate_passes():
+    rs = build_rewards({"correctness": {"weight": 1.0},
+                        "length": {"weight": 1.0, "gate": {"on": "correctness", "threshold": 1.0}}})
+    s = rs.score(batch(correct=(1, 1, 0, 0)))
+    # kimi raw: [0.5, 1/6, min(0,−1/6), min(0,−0.5)]; gate closes the wrong ones
+    assert s.total.tolist() == pytest.approx([1.5, 1 + 1 / 6, 0.0, 0.0], abs=1e-6)
+    assert s.metrics["reward/length/gate_open"] == 0.5
+
+
+def test_multiplicative_component():
+    rs = build_rewards({"correctness": {"weight": 1.0}, "format": {"weight": 0.5},
+                        "fmt_mult": {"type": "format", "combine": "multiply"}})
+    s = rs.score(batch())
+    # added = c + 0.5·f = [1.5, 0, 1, 0]; multiplier f = [1, 0, 0, 0]
+    assert s.total.tolist() == [1.5, 0.0, 0.0, 0.0]
+    assert s.metrics["reward/total"] == pytest.approx(1.5 / 4)
+
+
+def test_normalize_then_sum_by_hand():
+    rs = build_rewards({"correctness": {"weight": 1.0}, "format": {"weight": 2.0}}, mode="normalize_then_sum")
+    b = make_batch([1] * 4, [1, 0, 0, 0], 2, completions=list(TEXTS))
+    s = rs.score(b)
+    c = group_normalize(torch.tensor([1.0, 0, 0, 0]), 2)
+    f = group_normalize(torch.tensor([1.0, 0, 0, 0]), 2)
+    x = c + 2 * f
+    want = (x - x.mean()) / (x.std() + 1e-4)
+    assert torch.allclose(s.advantages, want, atol=1e-6)
+    assert s.total.tolist() == [3.0, 0.0, 0.0, 0.0]  # the logged reward is the plain weighted sum
+
+
+def test_group_normalize_by_hand_and_nan():
+    x = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, float("nan")])
+    out = group_normalize(x, 2, eps=0.0)
+    s = 2 ** 0.5  # unbiased std of (1, 3)
+    assert out[:2].tolist() == pytest.approx([-1 / s, 1 / s])
+    assert out[2:4].tolist() == [0.0, 0.0]
+    assert out[4:].tolist() == [0.0, 0.0]  # NaN is filled with the mean of its group
+
+
+def test_user_function_trl_signature():
+    rs = build_rewards({"bonus": {"type": "user_rewards:length_bonus", "weight": 2.0},
+                        "ans": {"type": "user_rewards.answer_in_text", "scale": 3.0}})
+    s = rs.score(batch())
+    assert s.raw["bonus"].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert s.raw["ans"].tolist() == [3.0, 3.0, 3.0, 0.0]  # gold "1" is in the first three texts
+    assert s.total.tolist() == pytest.approx([5.0, 7.0, 9.0, 8.0])
+
+
+def test_user_function_sees_columns_and_step():
+    b = batch(step=7)
+    b.problems = [type(p)(id=p.id, prompt=p.prompt, answer=p.answer, difficulty=2) for p in b.problems]
+    s = build_rewards({"u": {"type": "user_rewards:sees_columns"}}).score(b)
+    assert s.raw["u"].tolist() == [9.0] * 4
+
+
+@pytest.mark.parametrize("fn, text", [("raises", "raised ValueError: boom"), ("returns_nan", "returned NaN"),
+                                      ("wrong_count", "returned 1 values for 4 completions")])
+def test_user_function_errors_name_the_component(fn, text):
+    rs = build_rewards({"mine": {"type": f"user_rewards:{fn}"}})
+    with pytest.raises(RewardRuntimeError) as exc:
+        rs.score(batch(step=3))
+    msg = str(exc.value)
+    assert msg.startswith(f"reward 'mine' (user_rewards:{fn}) at step 3") or msg.startswith(f"reward 'mine' (user_rewards:{fn})")
+    assert text in msg and "\n" not in msg
+    assert isinstance(exc.value.__cause__, UserRewardError) or "returned 1 values" in msg
+
+
+def test_bad_configs_each_named():
+    with pytest.raises(RewardConfigError) as exc:
+        build_rewards({
+            "correctness": {"weight": -1.0},
+            "length": {"weight": {"schedule": "linear", "start": 0, "end": 1, "begin": 5, "until": 2}},
+            "g": {"type": "format", "gate": {"on": "nothing"}},
+            "m": {"type": "format", "combine": "multiply", "weight": 2.0},
+            "u": {"type": "user_rewards:not_there"},
+            "s": {"type": "format", "pattern": {"schedule": "bogus"}},
+        })
+    keys = {".".join(k): m for k, m in exc.value.problems}
+    assert "must be ≥ 0" in keys["rewards.correctness.weight"]
+    assert "until (2) must be after begin (5)" in keys["rewards.length.weight"]
+    assert "must name another entry" in keys["rewards.g.gate.on"]
+    assert "leave weight at 1" in keys["rewards.m.weight"]
+    assert "cannot import" in keys["rewards.u.type"]
+    assert "unknown schedule 'bogus'" in keys["rewards.s.pattern"]
+
+
+def test_negative_weight_allowed_for_user_functions():
+    rs = build_rewards({"u": {"type": "user_rewards:length_bonus", "weight": -1.0}})
+    assert rs.score(batch()).total.tolist() == pytest.approx([-1.0, -2.0, -3.0, -4.0])

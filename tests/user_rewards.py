@@ -1,0 +1,25 @@
+"""User reward functions for the tests, written exactly as TRL users write them."""
+
+
+def length_bonus(prompts, completions, completion_ids, **kwargs):
+    return [len(ids) / 10 for ids in completion_ids]
+
+
+def answer_in_text(prompts, completions, answer, scale=1.0, **kwargs):
+    return [scale * float(a in c) if a != "skip" else None for c, a in zip(completions, answer)]
+
+
+def raises(prompts, completions, **kwargs):
+    raise ValueError("boom")
+
+
+def returns_nan(prompts, completions, **kwargs):
+    return [float("nan")] * len(completions)
+
+
+def wrong_count(prompts, completions, **kwargs):
+    return [1.0]
+
+
+def sees_columns(prompts, completions, completion_ids, answer, difficulty, trainer_state, **kwargs):
+    return [float(d) + trainer_state["global_step"] for d in difficulty]
