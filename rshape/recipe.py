@@ -107,19 +107,39 @@ class RewardSpec(BaseModel):
     weight: float | dict[str, Any] = 1.0
 
 
+class DynamicSamplingConfig(Section):
+    enabled: bool = False
+    """Drop groups whose reward std is below `std_eps` and refill by generating for more prompts (DAPO)."""
+    std_eps: float = Field(1e-6, ge=0)
+    """A group with reward std ≤ this is uninformative (all-correct or all-wrong under a 0/1 reward)."""
+    max_rounds: int = Field(3, ge=0)
+    """Extra generation rounds at most per step; the step then trains on what it has (logged as sampling/hit_cap)."""
+
+
 class AlgorithmConfig(Section):
-    advantage: Literal["grpo"] = "grpo"
-    """Advantage estimator: `grpo` = (r − group mean) / (group std + eps)."""
+    advantage: str = "grpo"
+    """Advantage estimator by name (see Advantage estimators); `grpo` = (r − group mean) / (group std + eps)."""
+    advantage_params: dict[str, Any] = {}
+    """Parameters of the estimator (e.g. drpo's `lam`, canon's `mu`)."""
     adv_eps: float = Field(1e-4, gt=0)
     """eps in the GRPO denominator."""
-    loss_agg: Literal["grpo", "dapo"] = "grpo"
-    """`grpo`: token mean per sequence, then mean; `dapo`: token mean over the whole batch."""
+    loss_agg: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
+    """`grpo`: token mean per sequence, then mean; `dapo`: token mean over the batch;
+    `dr_grpo`: token sum / (sequences · max_new_tokens)."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token (PPO/GRPO) or per sequence, the geometric mean of token ratios (GSPO)."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus: subtracts entropy_coef · token entropy from the loss."""
+    mask_truncated: bool = False
+    """Drop completions that hit the generation limit from the loss (DAPO's overlong filtering)."""
     clip_low: float = Field(0.2, ge=0)
     """Lower clip ε_low of the importance ratio (ratio ≥ 1 − ε_low)."""
     clip_high: float = Field(0.2, ge=0)
     """Upper clip ε_high (ratio ≤ 1 + ε_high); DAPO's clip-higher uses 0.28."""
     kl_beta: float = Field(0.0, ge=0)
     """Weight β of the k3 KL to the reference (adapters off with LoRA); 0 disables it."""
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    """DAPO dynamic sampling."""
     epochs: int = Field(1, gt=0)
     """Update passes over each batch of rollouts."""
     minibatches: int = Field(1, gt=0)
@@ -337,6 +357,16 @@ def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], i
     except RewardConfigError as exc:
         for loc, msg in exc.problems:
             errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
+    from rshape.registry import UnknownName
+    from rshape.rl.advantages import ADVANTAGES, check_advantage_params
+
+    try:
+        fn = ADVANTAGES.get(recipe.algorithm.advantage)
+        for key, msg in check_advantage_params(fn, recipe.algorithm.advantage_params):
+            loc = ("algorithm", "advantage_params", *key)
+            errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
+    except UnknownName as exc:
+        errors.append(f"{where(('algorithm', 'advantage'))}: algorithm.advantage: {exc}")
     from pydantic import ValidationError as _VE
 
     from rshape.schedules import parse_schedule

@@ -5,13 +5,18 @@ import math
 import pytest
 import torch
 
-from rshape.rl.advantages import grpo_advantages
+from rshape.rl.advantages import AdvantageInputs, grpo_advantages
 from rshape.rl.loss import clipped_policy_loss, gather_logprobs, k3_kl
+
+
+def inputs(r, g):
+    return AdvantageInputs(rewards=r, group_size=g, lengths=torch.ones(len(r), dtype=torch.long),
+                           correct=torch.zeros(len(r)), max_new_tokens=8, eps=1e-4)
 
 
 def test_grpo_by_hand():
     r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
-    a = grpo_advantages(r, 4, eps=0.0 + 1e-4)
+    a = grpo_advantages(inputs(r, 4))
     std = math.sqrt(4 * 0.25 / 3)  # unbiased
     assert a[:4].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.5 / (std + 1e-4)])
     assert a[4:].tolist() == [0.0] * 4  # all-equal group
@@ -19,7 +24,7 @@ def test_grpo_by_hand():
 
 def test_grpo_group_of_two_and_loop_agrees():
     r = torch.tensor([3.0, 1.0, 0.2, 0.7, -1.0, 5.0])
-    a = grpo_advantages(r, 2, eps=1e-4)
+    a = grpo_advantages(inputs(r, 2))
     for g in range(3):
         x, y = r[2 * g].item(), r[2 * g + 1].item()
         m = (x + y) / 2
@@ -108,3 +113,58 @@ def test_gather_logprobs_matches_log_softmax():
     assert torch.allclose(lp, ref, atol=1e-6)
     p = torch.softmax(logits, -1)
     assert torch.allclose(ent, -(p * torch.log(p)).sum(-1), atol=1e-5)
+
+
+def test_dr_grpo_aggregation_constant_divisor():
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, 1.0])
+    t = clipped_policy_loss(logp, logp.detach(), adv, mask, clip_low=0.2, clip_high=0.2, agg="dr_grpo",
+                            num_sequences=2, num_tokens=4, max_len=5)
+    assert t.loss.item() == pytest.approx(-4 / (2 * 5))  # Σ tokens of −ρA = −4, divided by 2·5
+    t.loss.backward()
+    # every token gets the same weight 1/(B·L_max): no per-sequence length normalisation
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.1, -0.1, -0.1, -0.1, 0.0, 0.0])
+    with pytest.raises(ValueError, match="max_len"):
+        clipped_policy_loss(logp, logp, adv, mask, clip_low=0.2, clip_high=0.2, agg="dr_grpo", num_sequences=2, num_tokens=4)
+
+
+def test_gspo_sequence_ratio_and_clip():
+    """GSPO: s_i = exp(mean_t(logp − old)); clipped per sequence (loop reference)."""
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.3, 0.3, 0.0], [-0.5, 0.1, 0.4]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -1.0])
+    t = clipped_policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.1, agg="grpo", num_sequences=2,
+                            num_tokens=5, ratio_level="sequence")
+    s1 = math.exp(0.3)  # mean of 0.3, 0.3
+    s2 = math.exp(0.0)  # mean of −0.5, 0.1, 0.4
+    want = (-min(s1 * 1, min(max(s1, 0.9), 1.1) * 1) + -min(-s2, -min(max(s2, 0.9), 1.1))) / 2
+    assert t.loss.item() == pytest.approx(want)
+    assert t.clip_high.item() == 2  # both tokens of sequence 1 are clipped at 1 + ε
+
+
+def test_gspo_gradient_is_sequence_mean():
+    logp = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    t = clipped_policy_loss(logp, logp.detach(), torch.tensor([2.0]), mask, clip_low=0.2, clip_high=0.2, agg="grpo",
+                            num_sequences=1, num_tokens=2, ratio_level="sequence")
+    t.loss.backward()
+    # d(−s·A)/dlogp_t = −A·s/|y| = −2·1/2 on each real token
+    assert logp.grad.flatten().tolist() == pytest.approx([-1.0, -1.0, 0.0])
+
+
+def test_entropy_bonus_enters_loss():
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]], requires_grad=True)
+    tokens = torch.tensor([[2, 0]])
+    lp, ent = gather_logprobs(logits, tokens, entropy_grad=True)
+    assert ent.requires_grad
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    t0 = clipped_policy_loss(lp, lp.detach(), torch.tensor([0.0]), mask, clip_low=0.2, clip_high=0.2, agg="dapo",
+                             num_sequences=1, num_tokens=2)
+    t1 = clipped_policy_loss(lp, lp.detach(), torch.tensor([0.0]), mask, clip_low=0.2, clip_high=0.2, agg="dapo",
+                             num_sequences=1, num_tokens=2, entropy=ent, entropy_coef=0.1)
+    assert t1.loss.item() == pytest.approx(t0.loss.item() - 0.1 * ent.mean().item())
+    t1.loss.backward()
+    assert logits.grad[0, 1].abs().sum() < 1e-6  # the uniform position is at maximum entropy: zero gradient
+    assert logits.grad[0, 0].abs().sum() > 0

@@ -122,3 +122,13 @@ def test_bad_configs_each_named():
 def test_negative_weight_allowed_for_user_functions():
     rs = build_rewards({"u": {"type": "user_rewards:length_bonus", "weight": -1.0}})
     assert rs.score(batch()).total.tolist() == pytest.approx([-1.0, -2.0, -3.0, -4.0])
+
+
+def test_multiplier_negative_value_overrides_total():
+    """stop_properly with a negative coefficient: a truncated completion's total becomes the coefficient."""
+    b = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 4, completions=list(TEXTS), truncated=[False, True, False, True])
+    rs = build_rewards({"correctness": {"weight": 1.0}, "stop": {"type": "stop_properly", "coef": -0.5}})
+    assert rs.components[1].combine == "multiply"  # a multiplier by nature
+    assert rs.score(b).total.tolist() == [1.0, -0.5, 0.0, -0.5]
+    with pytest.raises(RewardConfigError, match="use combine: multiply"):
+        build_rewards({"stop": {"type": "stop_properly", "combine": "add"}})

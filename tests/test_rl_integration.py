@@ -1,6 +1,7 @@
 """`rshape rl` end to end on a random tiny model: files, reproducibility, resume equivalence, QLoRA."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -133,3 +134,33 @@ def test_qlora_base_frozen_adapters_train(tmp_path):
     assert torch.equal(base_logits(), ref_before)  # the frozen base computes exactly what it did
     with policy.reference() as ref:  # adapters off: the same object, no copy
         assert ref is policy.model
+
+
+def test_dynamic_sampling_stops_at_cap_with_constant_reward(random_model_dir, tmp_path):
+    """Every group has zero reward std: the step must stop after max_rounds extra rounds and say so."""
+    recipe = tiny_recipe(random_model_dir, tmp_path / "ds", steps=2, **{
+        "rewards": {"const": {"type": "user_rewards:constant"}},
+        "algorithm.dynamic_sampling": {"enabled": True, "max_rounds": 2}})
+    train(recipe)
+    for m in read_jsonl(tmp_path / "ds" / "metrics.jsonl"):
+        assert m["sampling/zero_std_frac"] == 1.0
+        assert m["sampling/extra_rounds"] == 2 and m["sampling/hit_cap"] == 1.0 and m["sampling/kept_groups"] == 0
+        assert m["optim/skipped"] == 1.0
+
+
+def test_dynamic_sampling_keeps_informative_groups(random_model_dir, tmp_path):
+    recipe = tiny_recipe(random_model_dir, tmp_path / "ds2", steps=2, **{
+        "rewards": {"len": {"type": "user_rewards:length_bonus"}},
+        "algorithm.dynamic_sampling": {"enabled": True, "max_rounds": 3}})
+    train(recipe)
+    for m in read_jsonl(tmp_path / "ds2" / "metrics.jsonl"):
+        assert m["sampling/kept_groups"] >= 2 and m["sampling/hit_cap"] == 0.0
+
+
+@pytest.mark.parametrize("algo", [{"loss_agg": "dapo"}, {"loss_agg": "dr_grpo"}, {"ratio_level": "sequence"},
+                                  {"entropy_coef": 0.01, "mask_truncated": True}, {"kl_beta": 0.1}])
+def test_loss_modes_run(random_model_dir, tmp_path, algo):
+    recipe = tiny_recipe(random_model_dir, tmp_path / "m", steps=2, **{f"algorithm.{k}": v for k, v in algo.items()})
+    train(recipe)
+    metrics = read_jsonl(tmp_path / "m" / "metrics.jsonl")
+    assert len(metrics) == 2 and all(math.isfinite(m["loss/total"]) for m in metrics)

@@ -129,9 +129,13 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
             except ValidationError as exc:
                 problems += _pydantic_problems(exc, where)
                 continue
-        combine = spec.get("combine", "add")
+        multiplicative = bool(getattr(type(component), "multiplicative", False))
+        combine = spec.get("combine", "multiply" if multiplicative else "add")
         if combine not in ("add", "multiply"):
             problems.append(((*where, "combine"), f"add or multiply, got {combine!r}"))
+            continue
+        if multiplicative and combine != "multiply":
+            problems.append(((*where, "combine"), f"{type_name} is a multiplier of the reward; use combine: multiply"))
             continue
         weights = _schedule_extremes(weight) if isinstance(weight, _Schedule) else [weight]
         if not is_user and min(weights) < 0:

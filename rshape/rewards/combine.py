@@ -4,8 +4,8 @@ Each entry of a recipe's `rewards:` becomes a `WeightedComponent`:
 - `combine: add` (default): contributes weight·raw to the sum (NaN "not applicable" contributes 0);
 - `gate: {on: NAME, threshold: Δ}`: an added component counts only where component NAME's raw value
   is ≥ Δ (G-RA: R = r_high + Σ 1[r_high ≥ Δ]·r_low), e.g. a length bonus only for correct answers;
-- `combine: multiply`: the sum of the added components is multiplied by raw (CaRL-style; NaN = ×1);
-  the weight of a multiplier must stay 1.
+- `combine: multiply`: the sum of the added components r becomes r·v where v ≥ 0 and v where v < 0
+  (CaRL-style multipliers; ProRL's stop-properly override); NaN leaves r unchanged; the weight stays 1.
 The weight and any parameter may be a schedule of the step (rshape.schedules).
 
 Two modes (`reward_combine` in the recipe):
@@ -59,6 +59,17 @@ class RewardScores:
     advantages: torch.Tensor | None = None  # [N] set by normalize_then_sum, which replaces the estimator
 
 
+def apply_multiplier(reward: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """How a multiplicative component (`combine: multiply`: `truncation`, `stop_properly`...) acts on r.
+
+    r ← value where value < 0 (an override, ProRL/OpenRLHF's negative coefficient), r ← r·value where
+    value ≥ 0, r unchanged where value is NaN. This reproduces DLER's and OpenRLHF's code exactly.
+    """
+    value = value.to(reward.dtype)
+    scaled = torch.where(value < 0, value, reward * value)
+    return torch.where(torch.isnan(value), reward, scaled)
+
+
 def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
     """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
     g = x.view(-1, group_size)
@@ -101,16 +112,24 @@ class RewardSet:
         return raw
 
     def score(self, batch: RewardBatch) -> RewardScores:
-        n = len(batch.completions)
-        raws = {wc.name: self._raw(wc, batch) for wc in self.components}
+        """Call every component once on the batch, then combine."""
+        return self.combine(self.raw_scores(batch), batch.step, batch.group_size)
+
+    def raw_scores(self, batch: RewardBatch) -> dict[str, torch.Tensor]:
+        """Each component's raw values [N] (the only place components are called)."""
+        return {wc.name: self._raw(wc, batch) for wc in self.components}
+
+    def combine(self, raws: dict[str, torch.Tensor], step: int, group_size: int) -> RewardScores:
+        """The total (and metrics) from raw component values: a pure function of its inputs."""
+        n = next(iter(raws.values())).numel()
         metrics: dict[str, float] = {}
         added = torch.zeros(n)
         normalized = torch.zeros(n)
-        multiplier = torch.ones(n)
+        multipliers = []
         for wc in self.components:
             raw = raws[wc.name]
             applicable = ~torch.isnan(raw)
-            w = wc.weight_at(batch.step)
+            w = wc.weight_at(step)
             vals = raw[applicable]
             metrics[f"reward/{wc.name}/raw"] = vals.mean().item() if vals.numel() else float("nan")
             metrics[f"reward/{wc.name}/raw_std"] = vals.std(unbiased=False).item() if vals.numel() else float("nan")
@@ -118,9 +137,9 @@ class RewardSet:
             if isinstance(wc.weight, _Schedule):
                 metrics[f"reward/{wc.name}/weight"] = w
             for k, s in wc.scheduled_params.items():
-                metrics[f"reward/{wc.name}/{k}"] = s(batch.step)
+                metrics[f"reward/{wc.name}/{k}"] = s(step)
             if wc.combine == "multiply":
-                multiplier *= torch.where(applicable, raw, torch.ones_like(raw))
+                multipliers.append(raw)
                 continue
             gate = torch.ones(n, dtype=torch.bool)
             if wc.gate_on is not None:
@@ -130,8 +149,10 @@ class RewardSet:
             added += contribution
             metrics[f"reward/{wc.name}/weighted"] = contribution.mean().item()
             if self.mode == "normalize_then_sum":
-                normalized += torch.where(gate, w * group_normalize(raw, batch.group_size, self.eps), torch.zeros_like(raw))
-        total = added * multiplier
+                normalized += torch.where(gate, w * group_normalize(raw, group_size, self.eps), torch.zeros_like(raw))
+        total = added
+        for raw in multipliers:  # in recipe order
+            total = apply_multiplier(total, raw)
         for wc in self.components:
             if wc.combine == "multiply":  # the change a multiplier made to the total
                 metrics[f"reward/{wc.name}/weighted"] = (total - added).mean().item()

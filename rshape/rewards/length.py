@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.combine import apply_multiplier  # noqa: F401  (documented here)
 
 
 class KimiLength(RewardComponent):
@@ -30,4 +33,394 @@ class KimiLength(RewardComponent):
         return r.reshape(-1)
 
 
-COMPONENTS = {"kimi_length": KimiLength}
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers shared by the components below.
+
+
+def _limit(value: float | None, batch: RewardBatch, owner: str, field: str) -> float:
+    """`value` if set, else the generation limit batch.max_new_tokens; a clear error when neither is known."""
+    if value is not None:
+        return float(value)
+    if batch.max_new_tokens <= 0:
+        raise ValueError(f"{owner}: {field} is not set and batch.max_new_tokens is {batch.max_new_tokens}; "
+                         f"set {field} or run inside the RL loop, which ties it to rollout.max_new_tokens")
+    return float(batch.max_new_tokens)
+
+
+def _self_normalized(lengths: torch.Tensor, correct: torch.Tensor, alpha: float, eps: float) -> torch.Tensor:
+    """Laser's `compute_norm_length_penalty` on [B, G]: 1 − α·σ((L − μ)/(s + eps)) where correct, 0 elsewhere.
+
+    μ, s = mean and unbiased std (torch.std) of the group's correct lengths; with exactly one correct
+    answer Laser sets μ = 0, s = 1 (so z = L), which we keep to agree with the code.
+    """
+    m = correct.to(lengths.dtype)  # [B, G]
+    n = m.sum(dim=1, keepdim=True)  # [B, 1]
+    mean = (lengths * m).sum(dim=1, keepdim=True) / n.clamp_min(1)
+    var = (((lengths - mean) * m) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp_min(1)
+    std = var.sqrt()
+    single = n == 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    z = (lengths - mean) / (std + eps)
+    return torch.where(correct, 1.0 - alpha * torch.sigmoid(z), torch.zeros_like(lengths))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Length shaping that includes the correctness score (meant to replace `correctness`, not to be added to it).
+
+
+class CosineLength(RewardComponent):
+    """Cosine length scaling (Demystifying Long CoT, arXiv 2502.03373): correctness and length in one reward.
+
+    p = min(L/L_max, 1); r = v_lo + ½(v_hi − v_lo)(1 + cos(π·p)), with (v_lo, v_hi) =
+    (min_value_correct, max_value_correct) for a correct answer (1.0 at L = 0 down to 0.5 at L_max) and
+    (max_value_wrong, min_value_wrong) for a wrong one (−1.0 at L = 0 up to −0.5 at L_max: short wrong
+    answers are punished most). L_max defaults to the generation limit. METHODS.md §2.
+
+    The value already encodes correctness, so use it instead of `correctness`. Compared against
+    open-r1 `src/open_r1/rewards.py::get_cosine_scaled_reward` and the authors' eddycmu/demystify-long-cot
+    `openrlhf/openrlhf/reward/cosine.py` (same formula for L ≤ L_max). Differences: lengths are tokens
+    (open-r1 counts characters), p is clipped at 1 as in METHODS.md (the codes let cos wrap around past
+    L_max), and the authors' `exceed_length` value for completions that hit the limit is the optional
+    `exceed_value` here, applied to truncated completions (off by default, like open-r1/TRL).
+    """
+
+    min_value_wrong: float = -1.0
+    """Reward of a wrong answer of length 0 (the most negative)."""
+    max_value_wrong: float = -0.5
+    """Reward of a wrong answer of length ≥ max_len."""
+    min_value_correct: float = 0.5
+    """Reward of a correct answer of length ≥ max_len."""
+    max_value_correct: float = 1.0
+    """Reward of a correct answer of length 0 (the largest)."""
+    max_len: float | None = Field(None, gt=0)
+    """L_max in tokens; None = the generation limit (batch.max_new_tokens)."""
+    exceed_value: float | None = None
+    """If set, the reward of every truncated completion (the authors' `exceed_length`); None = off."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CosineLength:
+        if self.min_value_wrong > self.max_value_wrong:
+            raise ValueError(f"min_value_wrong ({self.min_value_wrong}) must be ≤ max_value_wrong ({self.max_value_wrong})")
+        if self.min_value_correct > self.max_value_correct:
+            raise ValueError(f"min_value_correct ({self.min_value_correct}) must be ≤ "
+                             f"max_value_correct ({self.max_value_correct})")
+        return self
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        l_max = _limit(self.max_len, batch, "cosine", "max_len")
+        lengths = batch.lengths.double()
+        correct = batch.correct > 0
+        cosine = torch.cos(math.pi * (lengths / l_max).clamp(max=1.0))
+        lo = torch.where(correct, self.min_value_correct, self.max_value_wrong).double()
+        hi = torch.where(correct, self.max_value_correct, self.min_value_wrong).double()
+        r = lo + 0.5 * (hi - lo) * (1.0 + cosine)
+        if self.exceed_value is not None:
+            r = torch.where(batch.truncated.bool(), torch.full_like(r, self.exceed_value), r)
+        return r.float()
+
+
+class _TargetLength(RewardComponent):
+    """Where LCPO reads the target n_t of each sample: problem.meta[target_key], else the schedule, else `target`."""
+
+    target_key: str = "target_length"
+    """Column of problem.meta that holds the target length in tokens (L1 states it in the prompt)."""
+    schedule_key: str = "budget"
+    """Key of batch.schedule used when the problem has no target."""
+    target: float | None = Field(None, gt=0)
+    """A fixed target used when neither the problem nor the schedule gives one; None = error."""
+
+    def targets(self, batch: RewardBatch, owner: str) -> torch.Tensor:
+        fallback = batch.schedule.get(self.schedule_key, self.target)
+        out = []
+        for i, p in enumerate(batch.problems):
+            t = p.meta.get(self.target_key, fallback) if p.meta else fallback
+            if t is None:
+                raise ValueError(f"{owner}: sample {i} (problem {p.id!r}) has no target length: no meta[{self.target_key!r}], "
+                                 f"no batch.schedule[{self.schedule_key!r}] and no `target` parameter")
+            t = float(t)
+            if not (t > 0 and math.isfinite(t)):
+                raise ValueError(f"{owner}: sample {i} (problem {p.id!r}) has target length {t}; it must be a positive number")
+            out.append(t)
+        return torch.tensor(out, dtype=torch.float64)
+
+
+class LcpoExact(_TargetLength):
+    """L1 / LCPO-Exact (Aggarwal & Welleck, arXiv 2503.04697): r = c − α·|n_t − L|, α = 0.0003.
+
+    n_t is the target length of the sample (problem.meta[target_key], else batch.schedule[schedule_key],
+    else `target`); c ∈ {0, 1}. The value includes correctness: use it instead of `correctness`.
+    The public code (deepscaler `get_delta_score_exact` in cmu-l3/l1, compared against a copy of its
+    `math_reward.py`) returns 1 − |L − n_t|/3000 if correct, that minus 1 otherwise — the same formula with
+    α = 1/3000. METHODS.md §2.
+    """
+
+    alpha: float = Field(0.0003, ge=0)
+    """Penalty per token of distance to the target."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        n_t = self.targets(batch, "lcpo_exact")
+        c = (batch.correct > 0).double()
+        return (c - self.alpha * (n_t - batch.lengths.double()).abs()).float()
+
+
+class LcpoMax(_TargetLength):
+    """L1 / LCPO-Max (arXiv 2503.04697): r = c·clip(α(n_t − L) + δ, 0, 1), α = 0.0003, δ = 0.5 (the paper).
+
+    A correct answer under budget scores between δ and 1, over budget it decays to 0 at L = n_t + δ/α;
+    a wrong answer scores 0. The value includes correctness: use it instead of `correctness`. The paper
+    fine-tunes with Max after Exact. Follows the paper, not the code: cmu-l3/l1's `get_delta_score_max`
+    computes (clip(a·(n_t − L), −1, 1) + 1)/2 with a = 1/500, i.e. slope a/2 = 0.001 and δ = 0.5
+    (set alpha=0.001 to reproduce it). METHODS.md §2.
+    """
+
+    alpha: float = Field(0.0003, ge=0)
+    """Slope of the length term per token."""
+    delta: float = 0.5
+    """Value of the length term at L = n_t."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        n_t = self.targets(batch, "lcpo_max")
+        c = (batch.correct > 0).double()
+        term = (self.alpha * (n_t - batch.lengths.double()) + self.delta).clamp(0.0, 1.0)
+        return (c * term).float()
+
+
+class ShorterBetter(RewardComponent):
+    """ShorterBetter (Yi et al., arXiv 2504.21370): r = α·c − β·|L − SOL|, α = 2.0, β = 0.001.
+
+    SOL (sample optimal length) = the shortest correct length in the group, or the group's mean length
+    when none is correct. Includes correctness: use it instead of `correctness`. Same as
+    JingyangYi/ShorterBetter `verl/verl/workers/reward_manager/naive.py` (`sb_compute_score`,
+    `check_correctness_and_length`). METHODS.md §2.
+    """
+
+    alpha: float = Field(2.0, ge=0)
+    """Reward of a correct answer."""
+    beta: float = Field(0.001, ge=0)
+    """Penalty per token of distance to SOL."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        lengths = batch.grouped(batch.lengths.double())  # [B, G]
+        correct = batch.grouped(batch.correct) > 0
+        shortest = torch.where(correct, lengths, torch.full_like(lengths, math.inf)).min(dim=1, keepdim=True).values
+        sol = torch.where(correct.any(dim=1, keepdim=True), shortest, lengths.mean(dim=1, keepdim=True))
+        r = self.alpha * correct.double() - self.beta * (lengths - sol).abs()
+        return r.reshape(-1).float()
+
+
+class SelfNormalizedLength(RewardComponent):
+    """Self-normalised length penalty (Arora & Zanette, "Training Language Models to Reason Efficiently",
+    arXiv 2502.04463): correct r = 1 − α·σ((L − μ)/(s + ε)), wrong r = wrong_score (0), α = 0.4.
+
+    μ, s = mean and (unbiased) std of the CORRECT lengths in the group. Includes correctness (the 1 of a
+    correct answer): use it instead of `correctness`. Follows hkust-nlp/Laser
+    `verl/utils/reward_score/length_penalty.py::compute_norm_length_penalty`, which multiplies the correct
+    score 1 by (1 − α·σ(z)) and leaves wrong answers at their score (−0.5 in Laser's scoring, 0 in the
+    paper; `wrong_score`), uses torch.std + 1e-6, and with a single correct answer in the group sets μ = 0,
+    s = 1 — so z = L and the lone correct answer gets ≈ 1 − α (kept here to agree with the code).
+    All correct lengths equal: z = 0, r = 1 − α/2. METHODS.md §2.
+    """
+
+    alpha: float = Field(0.4, ge=0, le=1)
+    """Strength of the penalty (a correct answer scores in [1 − α, 1])."""
+    wrong_score: float = 0.0
+    """Reward of a wrong answer (Laser's correctness scoring uses −0.5)."""
+    eps: float = Field(1e-6, ge=0)
+    """Added to the std (Laser's epsilon)."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        lengths = batch.grouped(batch.lengths.double())
+        correct = batch.grouped(batch.correct) > 0
+        r = _self_normalized(lengths, correct, self.alpha, self.eps)
+        r = torch.where(correct, r, torch.full_like(r, self.wrong_score))
+        return r.reshape(-1).float()
+
+
+class GrpoLambda(RewardComponent):
+    """GRPO-λ (Dai et al., "Stable Reinforcement Learning for Efficient Reasoning", arXiv 2505.18086).
+
+    The self-normalised length penalty for the batch's most-solved groups only.
+
+    Groups of the batch are ranked by correctness ratio (mean c); the top k = max(1, ⌈λ·B⌉) groups (λ =
+    `top_fraction`; ties keep batch order, a stable sort) get r = 1 − α·σ((L − μ_c)/s_c) for correct
+    answers (α = 0.6) and 0 for wrong ones; every other group gets plain c (1/0). Includes correctness:
+    use it instead of `correctness`. μ_c, s_c as in `self_normalized` (the Laser normalisation, including
+    its single-correct case). No official code: λ = 0.2 and α = 0.6 come from a third-party
+    reimplementation [3p]; the rounding of λ·B is this implementation's choice. By design the value of a
+    group depends on the other groups of the batch. METHODS.md §2.
+    """
+
+    top_fraction: float = Field(0.2, gt=0, le=1)
+    """λ: the fraction of the batch's groups (by correctness ratio) that get the length penalty."""
+    alpha: float = Field(0.6, ge=0, le=1)
+    """Strength of the penalty in the selected groups."""
+    eps: float = Field(1e-6, ge=0)
+    """Added to the std."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        lengths = batch.grouped(batch.lengths.double())
+        correct = batch.grouped(batch.correct) > 0
+        n_groups = lengths.shape[0]
+        k = max(1, math.ceil(self.top_fraction * n_groups - 1e-9))
+        ratio = correct.double().mean(dim=1)
+        order = torch.sort(ratio, descending=True, stable=True).indices
+        selected = torch.zeros(n_groups, dtype=torch.bool)
+        selected[order[:k]] = True
+        penalised = _self_normalized(lengths, correct, self.alpha, self.eps)
+        r = torch.where(selected[:, None], penalised, correct.double())
+        return r.reshape(-1).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Penalties added to the task reward.
+
+
+class DapoOverlong(RewardComponent):
+    """DAPO soft overlong punishment (arXiv 2503.14476, Eq. 13): an added penalty near the generation limit.
+
+    With L_max the generation limit and L_c the cache length: r = 0 for L ≤ L_max − L_c;
+    ((L_max − L_c) − L)/L_c for L_max − L_c < L ≤ L_max; −1 beyond — times `penalty_factor`. Agrees with
+    TRL `trl/rewards/other_rewards.py::get_soft_overlong_punishment` and OpenRLHF
+    `openrlhf/trainer/ppo_utils/length_penalty.py::apply_overlong_penalty` (verl's DAPO reward manager is
+    the same without the cap, which lengths ≤ L_max never reach). max_len defaults to batch.max_new_tokens
+    so it stays tied to the real limit; cache_len defaults to max_len // 4 (DAPO used 4096 of 20480, 1/5;
+    TRL and OpenRLHF have no default). Lengths exclude EOS. METHODS.md §2.
+    """
+
+    max_len: float | None = Field(None, gt=0)
+    """L_max in tokens; None = the generation limit (batch.max_new_tokens)."""
+    cache_len: float | None = Field(None, gt=0)
+    """L_c, the soft-penalty zone before L_max; None = max_len // 4."""
+    penalty_factor: float = Field(1.0, ge=0)
+    """The penalty at L ≥ L_max (verl/OpenRLHF `overlong_penalty_factor`)."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        l_max = _limit(self.max_len, batch, "dapo_overlong", "max_len")
+        cache = float(self.cache_len) if self.cache_len is not None else float(max(1, int(l_max) // 4))
+        if cache > l_max:
+            raise ValueError(f"dapo_overlong: cache_len ({cache:g}) must be ≤ max_len ({l_max:g})")
+        over = (batch.lengths.double() - (l_max - cache)) / cache
+        return (-self.penalty_factor * over.clamp(0.0, 1.0)).float()
+
+
+class TltsLength(RewardComponent):
+    """Train Long, Think Short (arXiv 2508.08940): a triangular length reward around the current budget L = B(t).
+
+    triangle: R(ℓ) = R_max·ℓ/L for ℓ ≤ L, R_max·(1 − (ℓ − L)/L) for L < ℓ ≤ 2L, 0 beyond;
+    band: R_max for ℓ ≤ L, then the same descent to 0 at 2L. Independent of correctness; the paper adds
+    it to correctness and format, r = λ_c·c + λ_ℓ·R_len + λ_f·R_fmt with λ_c/λ_ℓ = 0.6/0.3 (or 0.3/0.6).
+    L = batch.schedule[schedule_key] when the loop provides it, else the `budget` parameter (which may
+    itself follow a schedule, e.g. {schedule: exponential, start: 256, gamma: 0.7, period: 150}).
+    From the paper's text: the authors point to github.com/hammoudhasan/curriculum_grpo, which was not
+    available to compare against. METHODS.md §2.
+    """
+
+    budget: float | None = Field(None, gt=0)
+    """The budget L in tokens when batch.schedule has none; None = require the schedule."""
+    schedule_key: str = "budget"
+    """Key of batch.schedule holding the current budget."""
+    r_max: float = Field(1.0, gt=0)
+    """Peak reward R_max (reached at ℓ = L)."""
+    shape: Literal["triangle", "band"] = "triangle"
+    """`triangle` rises from 0 at ℓ = 0; `band` is flat at R_max up to L."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        budget = batch.schedule.get(self.schedule_key, self.budget)
+        if budget is None:
+            raise ValueError(f"tlts_length: no budget: batch.schedule has no {self.schedule_key!r} and `budget` is not set")
+        budget = float(budget)
+        if not budget > 0:
+            raise ValueError(f"tlts_length: the budget must be positive, got {budget}")
+        x = batch.lengths.double() / budget
+        rise = torch.ones_like(x) if self.shape == "band" else x
+        r = torch.where(x <= 1.0, rise, (2.0 - x).clamp(min=0.0))
+        return (self.r_max * r).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Multiplicative penalties: the value multiplies the task reward (`combine: multiply`), see apply_multiplier.
+
+
+class DlerTruncation(RewardComponent):
+    """DLER truncation penalty (Liu et al., "DLER: Doing Length pEnalty Right", arXiv 2510.15110), as a multiplier.
+
+    Returns m = 1 for a completion within the budget and m = `factor` for one over it (L > B, or truncated
+    at the generation limit): mode `zero` (the paper: such completions score 0) gives factor 0, mode
+    `scale` gives `scale_factor` (the code: 0.1). Meant for `combine: multiply`, r ← r·m, where r is the
+    summed task reward (NVlabs/DLER `verl-dler/verl/workers/reward_manager/dapo.py::_apply_stop_properly_penalty`
+    multiplies the whole score by ((1 − stop_properly)·0.1 + stop_properly), stop_properly = vLLM
+    finish_reason == "stop", with the generation limit = B = 4000). Added instead of multiplied it
+    means nothing.
+
+    B = `budget`, or the generation limit when None. Difficulty-aware DLER (paper only, not in the code):
+    when `easy_budget` or `hard_budget` is set, a group whose correctness ratio is ≥ `easy_threshold`
+    gets easy_budget (the tighter one, 2000 in the paper) and the others hard_budget (4000); an unset one
+    falls back to B. METHODS.md §2.
+    """
+
+    multiplicative: ClassVar[bool] = True
+
+    budget: float | None = Field(None, gt=0)
+    """B in tokens; None = the generation limit (batch.max_new_tokens)."""
+    mode: Literal["zero", "scale"] = "zero"
+    """`zero`: over-budget completions score 0 (paper); `scale`: their reward is multiplied by scale_factor (code)."""
+    scale_factor: float = Field(0.1, ge=0, le=1)
+    """The multiplier of mode `scale` (DLER's stop_properly_penalty.penalty_coef)."""
+    easy_budget: float | None = Field(None, gt=0)
+    """Difficulty-aware: the budget of groups with correctness ratio ≥ easy_threshold (paper: 2000)."""
+    hard_budget: float | None = Field(None, gt=0)
+    """Difficulty-aware: the budget of the other groups (paper: 4000)."""
+    easy_threshold: float = Field(0.5, ge=0, le=1)
+    """Group correctness ratio from which a prompt counts as easy."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        base = None
+        if self.budget is not None or self.easy_budget is None or self.hard_budget is None:
+            base = _limit(self.budget, batch, "truncation", "budget")
+        if self.easy_budget is None and self.hard_budget is None:
+            limit = torch.full((len(batch.completions),), base, dtype=torch.float64)
+        else:
+            easy = self.easy_budget if self.easy_budget is not None else base
+            hard = self.hard_budget if self.hard_budget is not None else base
+            ratio = batch.grouped(batch.correct.double()).mean(dim=1, keepdim=True)  # [B, 1]
+            limit = torch.where(ratio >= self.easy_threshold, float(easy), float(hard))
+            limit = limit.expand(-1, batch.group_size).reshape(-1)
+        over = (batch.lengths.double() > limit) | batch.truncated.bool()
+        factor = 0.0 if self.mode == "zero" else self.scale_factor
+        return torch.where(over, factor, 1.0).float()
+
+
+class StopProperly(RewardComponent):
+    """ProRL stop-properly penalty (Liu et al., "ProRL", arXiv 2505.24864), as a multiplier or an override.
+
+    For a truncated completion (hit the generation limit without EOS): r ← r·c when c ∈ [0, 1], r ← c when
+    c < 0; other completions are untouched. Returns c for truncated completions and 1 otherwise; the
+    combiner must apply it with `combine: multiply` as r ← value if value < 0 else r·value
+    (`apply_multiplier` in this module), r being the summed task reward. Same as OpenRLHF
+    `openrlhf/trainer/ppo_utils/length_penalty.py::apply_stop_properly_penalty` (truncated = vLLM
+    finish_reason == "length"). METHODS.md §2.
+    """
+
+    multiplicative: ClassVar[bool] = True
+
+    coef: float = Field(0.0, le=1)
+    """c: multiplier of a truncated completion's reward if in [0, 1], its replacement if negative."""
+
+    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        return torch.where(batch.truncated.bool(), self.coef, 1.0).float()
+
+
+COMPONENTS = {
+    "kimi_length": KimiLength,
+    "cosine": CosineLength,
+    "dapo_overlong": DapoOverlong,
+    "truncation": DlerTruncation,
+    "stop_properly": StopProperly,
+    "lcpo_exact": LcpoExact,
+    "lcpo_max": LcpoMax,
+    "shorter_better": ShorterBetter,
+    "self_normalized": SelfNormalizedLength,
+    "grpo_lambda": GrpoLambda,
+    "tlts_length": TltsLength,
+}

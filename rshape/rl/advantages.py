@@ -1,6 +1,16 @@
-"""Advantage estimators: from rewards [B·G] (prompt-major) to one advantage per completion (METHODS.md §6)."""
+"""Advantage estimators: from one step's rewards to one advantage per completion (METHODS.md §6).
+
+Every estimator is a function `f(x: AdvantageInputs, **params) -> Tensor [N]` registered by name;
+rows are prompt-major (row b·G + g is sample g of prompt b). Parameters come from the recipe's
+`algorithm.advantage_params`.
+"""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -9,14 +19,313 @@ from rshape.registry import Registry
 ADVANTAGES: Registry = Registry("advantage estimator")
 
 
+@dataclass
+class AdvantageInputs:
+    """What an estimator may read. Tensors are [N] = [B·G] unless noted."""
+
+    rewards: torch.Tensor  # float, the combined reward
+    group_size: int  # G
+    lengths: torch.Tensor  # long, completion tokens before EOS
+    correct: torch.Tensor  # float 0/1 from the verifier
+    max_new_tokens: int  # the generation limit
+    eps: float = 1e-4
+    seq_logprobs: torch.Tensor | None = None  # mean token log-prob under the sampling policy (estimators that ask)
+    seq_entropies: torch.Tensor | None = None  # mean token entropy under the sampling policy (estimators that ask)
+
+    def grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """[N] → [B, G]."""
+        return x.float().view(-1, self.group_size)
+
+
+def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Problems with `algorithm.advantage_params` for estimator `fn`: unknown keys, non-numbers."""
+    sig = inspect.signature(fn)
+    known = [n for n in list(sig.parameters)[1:]]
+    out = []
+    for k, v in params.items():
+        if k not in known:
+            out.append(((k,), f"unknown parameter; valid: {', '.join(known) or '(none)'}"))
+        elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            out.append(((k,), f"expected a number, got {v!r}"))
+    return out
+
+
 @ADVANTAGES.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     """GRPO: A_i = (r_i − mean_g) / (std_g + eps) over the G siblings.
 
     std is the unbiased (Bessel-corrected) sample std, as TRL and verl compute it; a group whose
     rewards are all equal gets A = 0. Source: DeepSeekMath (arXiv 2402.03300) §4.1; METHODS.md §6.
     """
-    r = rewards.float().view(-1, group_size)  # [B, G]
+    r = x.grouped(x.rewards)  # [B, G]
     mean = r.mean(dim=1, keepdim=True)
     std = r.std(dim=1, keepdim=True)  # unbiased
-    return ((r - mean) / (std + eps)).reshape(-1)
+    return ((r - mean) / (std + x.eps)).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The menu of METHODS.md §6. Helpers first; every estimator computes in float64 and returns float32.
+
+
+def _mask_tokens(x: AdvantageInputs) -> torch.Tensor:
+    """Tokens in each completion's loss mask, EOS included: min(L + 1, max_new_tokens) [N] float64.
+
+    This is what verl's `response_mask` and OpenRLHF's `action_mask` count (the EOS token is a
+    trained token; a truncated completion has no EOS and fills the limit)."""
+    return (x.lengths.double() + 1).clamp(max=x.max_new_tokens)
+
+
+def _grouped64(x: AdvantageInputs, t: torch.Tensor) -> torch.Tensor:
+    return t.double().reshape(-1, x.group_size)
+
+
+def _require(x: AdvantageInputs, field: str, name: str) -> torch.Tensor:
+    t = getattr(x, field)
+    if t is None:
+        raise ValueError(f"advantage estimator {name!r} needs x.{field} (the mean token "
+                         f"{'log-prob' if field == 'seq_logprobs' else 'entropy'} of each completion under the "
+                         f"sampling policy); the loop fills it when the estimator's `needs` names {field!r}")
+    if t.numel() != x.rewards.numel():
+        raise ValueError(f"x.{field} has {t.numel()} entries, expected one per completion ({x.rewards.numel()})")
+    return t
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(valid)}")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
+    return float(value)
+
+
+def _group_baseline(x: AdvantageInputs) -> torch.Tensor:
+    """r − mean_g [B, G] float64; a group of one keeps its reward (verl: no baseline without siblings)."""
+    r = _grouped64(x, x.rewards)
+    return r - r.mean(dim=1, keepdim=True) if x.group_size > 1 else r
+
+
+def _whiten(a: torch.Tensor, w: torch.Tensor, var_eps: float, bessel: bool) -> torch.Tensor:
+    """(a − μ)/σ over the whole batch with weights w (tokens or 1 per completion).
+
+    bessel=False (OpenRLHF): σ² = max(Σw(a−μ)²/Σw, var_eps); bessel=True (verl masked_whiten):
+    σ² = Σw(a−μ)²/Σw · T/(T−1) + var_eps with T = Σw."""
+    total = w.sum()
+    mean = (w * a).sum() / total
+    var = (w * (a - mean) ** 2).sum() / total
+    if bessel:
+        if total > 1:
+            var = var * total / (total - 1)
+        return (a - mean) * torch.rsqrt(var + var_eps)
+    return (a - mean) * torch.rsqrt(var.clamp(min=var_eps))
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
+    """Dr. GRPO: A_i = r_i − mean_g (no division by the group std).
+
+    The constant divisor of Dr. GRPO (the generation limit) belongs to the loss aggregation
+    (`algorithm.loss_agg: dr_grpo`), not to this estimator. Same as OpenRLHF's `dr_grpo` and verl's
+    GRPO with `norm_adv_by_std_in_grpo=False`. Source: Dr. GRPO, "Understanding R1-Zero-Like
+    Training" (arXiv 2503.20783); METHODS.md §6.
+    """
+    r = _grouped64(x, x.rewards)
+    return (r - r.mean(dim=1, keepdim=True)).reshape(-1).float()
+
+
+@ADVANTAGES.register("rloo")
+def rloo_advantages(x: AdvantageInputs) -> torch.Tensor:
+    """RLOO: A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g).
+
+    Same values as OpenRLHF's `rloo` ((Σ_g r − r_i)/(G−1) baseline) and verl's
+    `compute_rloo_outcome_advantage`. Needs G ≥ 2. Source: Ahmadian et al., "Back to Basics"
+    (arXiv 2402.14740); METHODS.md §6.
+    """
+    G = x.group_size
+    if G < 2:
+        raise ValueError("rloo needs at least 2 samples per prompt (rollout.group_size ≥ 2)")
+    r = _grouped64(x, x.rewards)
+    baseline = (r.sum(dim=1, keepdim=True) - r) / (G - 1)
+    return (r - baseline).reshape(-1).float()
+
+
+@ADVANTAGES.register("reinforce_pp_baseline")
+def reinforce_pp_baseline_advantages(x: AdvantageInputs, *, weighting: str = "token", var_eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++-baseline: a_i = r_i − mean_g, then whitened over the whole batch,
+    A_i = (a_i − μ)/σ with μ, σ² the mean and POPULATION variance of a over the batch and
+    σ = sqrt(max(σ², var_eps)).
+
+    As in OpenRLHF (`openrlhf/trainer/ppo_utils/experience_maker.py`, `reinforce_baseline`): the
+    group mean is subtracted from the reward, the advantage is the return of every token (γ = 1),
+    and the batch statistics are over ALL action TOKENS — so with `weighting: token` (default) a
+    completion weighs as many tokens as its loss mask has, min(L + 1, max_new_tokens) with the EOS;
+    `weighting: sequence` weighs each completion once. OpenRLHF's rstd = var.clamp(min=1e-8).rsqrt()
+    is reproduced by `var_eps` (not `algorithm.adv_eps`). Assumes no per-token KL in the reward
+    (rshape's KL is a loss term). A group of one keeps its raw reward before whitening (verl's
+    convention; OpenRLHF would give 0). The statistics are over the rows given: rows dropped by
+    dynamic sampling before this call do not count. Source: REINFORCE++ (arXiv 2501.03262);
+    METHODS.md §6 "Batch normalisation". `batch_norm` is DLER's verl variant.
+    """
+    w = _mask_tokens(x) if _choice("weighting", weighting, ("token", "sequence")) == "token" else torch.ones(x.rewards.numel(),
+                                                                                                           dtype=torch.float64)
+    a = _group_baseline(x).reshape(-1)
+    return _whiten(a, w, _positive("var_eps", var_eps), bessel=False).float()
+
+
+@ADVANTAGES.register("batch_norm")
+def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_eps: float = 1e-8,
+                          correct_boost: float = 0.1, boost_threshold: float = 1.0) -> torch.Tensor:
+    """DLER's batch-wise normalisation: a_i = r_i − mean_g, whitened over the batch as verl's
+    `masked_whiten` does, then a bonus for high-reward completions:
+    A_i = (a_i − μ)·rsqrt(σ²·T/(T−1) + var_eps) + correct_boost·[r_i ≥ boost_threshold − 1e-5].
+
+    Read from NVlabs/DLER: `verl-dler/dler.sh` runs verl's `reinforce_plus_plus_baseline`
+    (`verl-dler/verl/trainer/ppo/core_algos.py`: group mean subtracted, tiled over the response
+    tokens, `verl_F.masked_whiten` over the response mask of the whole batch — token-weighted mean,
+    Bessel-corrected variance over the T masked tokens, 1e-8 added to the variance) and its
+    `dp_actor.update_policy` adds `correct_sample_advantage_boost_value` (0.1 in dler.sh; the
+    config's default is 0) to the advantage of every sample whose score is ≥ the threshold (1.0)
+    minus 1e-5. So it is NOT identical to `reinforce_pp_baseline` (OpenRLHF): the variance is
+    unbiased and eps is added instead of clamping (a negligible difference for thousands of tokens),
+    and the boost is extra; `correct_boost: 0` gives plain verl REINFORCE++-baseline. The threshold is
+    compared with the combined reward (DLER's score: 1 for a correct in-budget answer; a truncated
+    one is scaled by 0.1). `weighting` as in `reinforce_pp_baseline`. DLER also drops zero-std
+    groups (dynamic sampling) before whitening; that is the loop's job. Source: DLER (NVlabs),
+    METHODS.md §2 "Truncation penalty" and §6 "Batch normalisation".
+    """
+    w = _mask_tokens(x) if _choice("weighting", weighting, ("token", "sequence")) == "token" else torch.ones(x.rewards.numel(),
+                                                                                                           dtype=torch.float64)
+    a = _group_baseline(x).reshape(-1)
+    adv = _whiten(a, w, _positive("var_eps", var_eps), bessel=True)
+    adv = adv + float(correct_boost) * (x.rewards.double() >= boost_threshold - 1e-5).double()
+    return adv.float()
+
+
+@ADVANTAGES.register("drpo")
+def drpo_advantages(x: AdvantageInputs, *, lam: float = 0.1, tau: float = 10.0) -> torch.Tensor:
+    """DRPO as an advantage: A_i = G·∂J_q/∂s_i at the current policy, for the loop's `grpo` aggregation.
+
+    Per question q with positives P (correct) and negatives N (wrong), s_i = mean token log π(o_i),
+    ℓ_i = n_i / C (n_i = tokens in o_i's loss mask, EOS included; C = x.max_new_tokens, the padded
+    response width in the reference), w̃ = softmax_P((1 − ℓ)/λ):
+        J_q = Σ_{i∈P} w̃_i·s_i − τ·log Σ_{j∈N} exp(s_j/τ),     loss = −(1/Q)·Σ_q J_q,
+    Q counting every question, also the all-correct and all-wrong ones, which contribute 0.
+    Hence ∂J_q/∂s_i = w̃_i (i ∈ P) and −softmax_N(s/τ)_j (j ∈ N). The loop's `grpo` aggregation
+    is −(1/N_seq)·Σ_i A_i·s_i in gradient at the sampling policy (ratio 1), with N_seq = Q·G
+    sequences; multiplying by G makes it equal to the DRPO gradient. Correct answers never get a
+    negative advantage (w̃ ≥ 0); length only reweights the positives; answers of a group that is
+    all correct or all wrong get 0. λ → ∞ recovers DisCO's uniform weights.
+
+    Read from Optimization-AI/DRPO `verl/verl/trainer/ppo/core_algos.py`
+    (`compute_policy_loss_drpo`): pos = reward == 1, neg = reward == 0 (here x.correct), length
+    ratio = response-mask sum / response width, weight = exp((1 − ratio)/tau2) normalised over the
+    positives (tau2 = λ = 0.1), the negatives' log-sum-exp surrogate sum_exp/sum_exp.detach() (its
+    gradient is softmax_N(s/τ)/τ, times τ), τ = 10, divided by num_questions. The reference's loss
+    has no importance ratio or clipping; the equivalence here holds at the sampling policy (one
+    on-policy step; with epochs or minibatches > 1 the loop's clipped surrogate takes over). The
+    KL-constraint penalty β·[KL − δ]₊·KL (β = 1e3, δ = 1e-4) is not part of this estimator; it
+    belongs to the loss (rshape's KL settings), not to the advantages. The rewards of the recipe do not
+    enter: DRPO's signal is the verifier's x.correct and the length. s must be the mean over the
+    same mask the loss uses. Source: DRPO (Optimization-AI); METHODS.md §6.
+    """
+    lam, tau = _positive("lam", lam), _positive("tau", tau)
+    s = _grouped64(x, _require(x, "seq_logprobs", "drpo"))
+    pos = _grouped64(x, x.correct) > 0.5
+    neg = ~pos
+    valid = (pos.any(dim=1) & neg.any(dim=1))[:, None]
+    ell = _grouped64(x, _mask_tokens(x)) / x.max_new_tokens
+    w = torch.softmax(((1 - ell) / lam).masked_fill(~pos, float("-inf")).masked_fill(~valid, 0.0), dim=1)
+    p = torch.softmax((s / tau).masked_fill(~neg, float("-inf")).masked_fill(~valid, 0.0), dim=1)
+    adv = torch.where(pos, w, -p).masked_fill(~valid, 0.0) * x.group_size
+    return adv.reshape(-1).float()
+
+
+drpo_advantages.needs = {"seq_logprobs"}
+
+
+@ADVANTAGES.register("canon")
+def canon_advantages(x: AdvantageInputs, *, metric: str = "length", alpha: float = 1.0, beta: float = 0.0, mu: float = 1.0,
+                     l_max: float | str = 1.0) -> torch.Tensor:
+    """CANON (conditional advantage): split each group at the median of a metric and compare the halves.
+
+    Sort the G siblings by the metric (stable sort: ties keep their sampling order, as Python's
+    `sorted` in the reference), S = the first ⌊G/2⌋ (lower), H = the rest; r̄_S, r̄_H their mean
+    rewards. `metric: length` (tokens in the loss mask, EOS included, as the reference's
+    response_mask.sum):
+        o ∈ H: A = [μ(α·r − r̄_S + β) + (1 − μ)(r − r̄_H)] / L_max
+        o ∈ S: A = [μ(r − α·r̄_H − β) + (1 − μ)(r − r̄_S)] / L_max
+    `metric: entropy` (mean token entropy under the sampling policy, x.seq_entropies) — the
+    reference places α the other way round there:
+        o ∈ H: A = [μ(r − α·r̄_S + β) + (1 − μ)(r − r̄_H)] / L_max
+        o ∈ S: A = [μ(α·r − r̄_H − β) + (1 − μ)(r − r̄_S)] / L_max
+    (identical at the default α = 1). Defaults α = 1, β = 0, μ = 1 (pure inter-half comparison).
+    The reference always divides by max_length (its Dr.GRPO-style estimators); here `l_max`
+    defaults to 1 — set `l_max: max_new_tokens` (or a number) to reproduce that scale. A group of
+    one gets r/L_max (the reference sets both half means to 0). No std normalisation.
+    Read from biuboomc/CANON `verl/trainer/ppo/core_algos.py`
+    (`compute_dr_length_on_mean_group_outcome_advantage`, `compute_dr_entropy_per_token_group_outcome_advantage`;
+    `_lambda` there is μ here). Source: CANON (biuboomc); METHODS.md §6.
+    """
+    metric = _choice("metric", metric, ("length", "entropy"))
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"mu: must be in [0, 1], got {mu!r}")
+    if isinstance(l_max, str):
+        if l_max != "max_new_tokens":
+            raise ValueError(f"l_max: expected a number or 'max_new_tokens', got {l_max!r}")
+        scale = float(x.max_new_tokens)
+    else:
+        scale = _positive("l_max", l_max)
+    G = x.group_size
+    key = _mask_tokens(x) if metric == "length" else _require(x, "seq_entropies", "canon").double()
+    r = _grouped64(x, x.rewards)
+    order = torch.sort(_grouped64(x, key), dim=1, stable=True).indices  # [B, G]
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(G).expand_as(order))
+    high = rank >= G // 2
+    if G > 1:
+        mean_s = (r * ~high).sum(dim=1, keepdim=True) / (G // 2)
+        mean_h = (r * high).sum(dim=1, keepdim=True) / (G - G // 2)
+    else:
+        mean_s = mean_h = torch.zeros_like(r)
+    if metric == "length":
+        a_high = mu * (alpha * r - mean_s + beta) + (1 - mu) * (r - mean_h)
+        a_low = mu * (r - alpha * mean_h - beta) + (1 - mu) * (r - mean_s)
+    else:
+        a_high = mu * (r - alpha * mean_s + beta) + (1 - mu) * (r - mean_h)
+        a_low = mu * (alpha * r - mean_h - beta) + (1 - mu) * (r - mean_s)
+    return (torch.where(high, a_high, a_low) / scale).reshape(-1).float()
+
+
+# the loop reads this set statically, so it asks for entropies even for `metric: length` (unused then)
+canon_advantages.needs = {"seq_entropies"}
+
+
+@ADVANTAGES.register("pref_grpo")
+def pref_grpo_advantages(x: AdvantageInputs, *, adv_clip_max: float = 5.0, decimals: int = 3) -> torch.Tensor:
+    """Pref-GRPO: pairwise win rates in the group, then GRPO normalisation, clamped.
+
+    Every pair (i, j) of the G siblings is compared once on the scalar reward (r_i > r_j: i wins,
+    equal: a tie, half a win each); win_i = (wins_i + 0.5·ties_i)/(G − 1), rounded to `decimals`
+    places (−1: no rounding); A_i = clamp((win_i − mean_g)/(std_g + 1e-8), ±adv_clip_max) with the
+    unbiased std. Read from CodeGoat24/Pref-GRPO `fastvideo/train_flux_pref_grpo.py`: `cal_win_rate`
+    (itertools.combinations, a judge's verdict or 0.5/0.5, `round(wins/count, 3)`), the group
+    normalisation `(r − mean)/(r.std() + 1e-8)` and `torch.clamp(adv, -adv_clip_max, adv_clip_max)`
+    with `--adv_clip_max 5.0` (scripts/_common_finetune.sh). Here the judge is the scalar reward.
+    An all-equal group gets 0. Needs G ≥ 2. Source: Pref-GRPO (CodeGoat24); METHODS.md §6.
+    """
+    G = x.group_size
+    if G < 2:
+        raise ValueError("pref_grpo needs at least 2 samples per prompt (rollout.group_size ≥ 2)")
+    clip = _positive("adv_clip_max", adv_clip_max)
+    if int(decimals) != decimals or decimals < -1:
+        raise ValueError(f"decimals: expected an integer ≥ −1, got {decimals!r}")
+    r = _grouped64(x, x.rewards)
+    diff = r[:, :, None] - r[:, None, :]  # [B, G, G]
+    half_points = 2 * (diff > 0).sum(dim=2) + (diff == 0).sum(dim=2) - 1  # the diagonal is a self-tie
+    win = half_points.double() / (2 * (G - 1))
+    if decimals >= 0:  # Python's round, as the reference (exact decimal rounding of the binary value)
+        win = torch.tensor([round(v, int(decimals)) for v in win.reshape(-1).tolist()], dtype=torch.float64).view_as(win)
+    adv = (win - win.mean(dim=1, keepdim=True)) / (win.std(dim=1, keepdim=True) + 1e-8)
+    return adv.clamp(-clip, clip).reshape(-1).float()

@@ -17,6 +17,7 @@ Sampling noise is keyed by (seed, step, prompt id, sample index), so runs and re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -26,11 +27,11 @@ import torch
 from rshape.evaluate import greedy_eval
 from rshape.models import load_policy, resolve_device, resolve_dtype
 from rshape.recipe import Recipe, recipe_to_yaml
-from rshape.rewards import build_rewards
-from rshape.rl.advantages import ADVANTAGES
+from rshape.rewards import RewardBatch, build_rewards
+from rshape.rl.advantages import ADVANTAGES, AdvantageInputs
 from rshape.rl.context import LoopContext, batch_from_rollouts
 from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, token_logprobs
-from rshape.rl.rollout import Rollouts, rollout
+from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.runs import (
     JsonlWriter,
@@ -87,6 +88,46 @@ def rollout_metrics(ro: Rollouts, correct: torch.Tensor) -> dict[str, float]:
     return m
 
 
+def select_scored(ro: Rollouts, batch: RewardBatch, raws: dict[str, torch.Tensor], rows: torch.Tensor
+                  ) -> tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]:
+    """The given rows of a scored batch (rows keep whole groups)."""
+    idx = rows.tolist()
+    sub = dataclasses.replace(
+        batch, prompts=[batch.prompts[i] for i in idx], completions=[batch.completions[i] for i in idx],
+        completion_ids=[batch.completion_ids[i] for i in idx], lengths=batch.lengths[rows],
+        truncated=batch.truncated[rows], correct=batch.correct[rows], problems=[batch.problems[i] for i in idx],
+        token_entropies=batch.token_entropies[rows] if batch.token_entropies is not None else None)
+    return ro.select(rows), sub, {k: v[rows] for k, v in raws.items()}
+
+
+def merge_scored(parts: list[tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]], pad_token_id: int
+                 ) -> tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]:
+    """Concatenate scored rounds of dynamic sampling into one batch."""
+    ros, batches, raws = zip(*parts)
+    ro = concat_rollouts(list(ros), pad_token_id)
+    first = batches[0]
+    batch = dataclasses.replace(
+        first, prompts=[x for b in batches for x in b.prompts], completions=ro.texts,
+        completion_ids=[x for b in batches for x in b.completion_ids], lengths=ro.lengths, truncated=ro.truncated,
+        correct=torch.cat([b.correct for b in batches]), problems=ro.problems, token_entropies=ro.entropies)
+    return ro, batch, {k: torch.cat([r[k] for r in raws]) for k in raws[0]}
+
+
+def sequence_stats(policy, ro: Rollouts, recipe: Recipe, needs: set[str]) -> dict[str, torch.Tensor]:
+    """Per-sequence mean token log-prob / entropy under the sampling policy, for estimators that ask."""
+    if not needs or not ro.completion_ids.shape[0]:
+        return {}
+    with torch.no_grad():
+        lp, ent = token_logprobs(policy.model, ro, recipe.rollout.temperature, recipe.algorithm.logprob_chunk,
+                                 with_entropy="seq_entropies" in needs)  # [N, T]
+    mask = ro.completion_mask.float()
+    count = mask.sum(1).clamp_min(1)
+    out = {"seq_logprobs": ((lp * mask).sum(1) / count).cpu()}
+    if ent is not None:
+        out["seq_entropies"] = ((ent * mask).sum(1) / count).cpu()
+    return {k: v for k, v in out.items() if k in needs}
+
+
 def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe, optimizer, params,
                   step: int) -> dict[str, float]:
     """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics."""
@@ -115,20 +156,21 @@ def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe
                 part = mb.select(chunk_rows)
                 rows = mb_rows[chunk_rows]
                 logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids,
-                                            with_entropy=epoch == 0)  # [c, T]
+                                            with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, T]
                 mask = part.completion_mask
                 terms = clipped_policy_loss(
                     logp, old_logp[rows] if reuse else logp.detach(), advantages[rows], mask,
                     clip_low=algo.clip_low, clip_high=algo.clip_high, agg=algo.loss_agg,
-                    num_sequences=len(mb_rows), num_tokens=num_tokens,
-                    ref_logp=ref_logp[rows] if ref_logp is not None else None, kl_beta=algo.kl_beta)
+                    num_sequences=len(mb_rows), num_tokens=num_tokens, max_len=recipe.rollout.max_new_tokens,
+                    ratio_level=algo.ratio_level, ref_logp=ref_logp[rows] if ref_logp is not None else None,
+                    kl_beta=algo.kl_beta, entropy=ent, entropy_coef=algo.entropy_coef)
                 terms.loss.backward()
                 for k in ("loss", "policy", "kl"):
                     totals[k] += getattr(terms, k).item() / (algo.epochs * algo.minibatches)
                 for k in ("clip_low", "clip_high", "approx_kl"):
                     totals[k] += getattr(terms, k).item()
-                if ent is not None:
-                    entropy_sum += (ent * mask).sum().item()
+                if ent is not None and epoch == 0:
+                    entropy_sum += (ent.detach() * mask).sum().item()
             tokens_seen += num_tokens
             grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
             optimizer.step()
@@ -209,6 +251,20 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     if start_step == 0:
         evaluate(0)
 
+    def generate_and_score(step: int, round_: int, context: LoopContext, schedule_values: dict[str, float]
+                           ) -> tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]:
+        """B new prompts × G samples, verified, every reward component called once."""
+        problems = sampler.next(B)
+        tag = "" if round_ == 0 else f"round{round_}:"  # refills draw fresh noise
+        keys = sample_keys(recipe.seed, step, [tag + p.id for p in problems for _ in range(G)],
+                           [g for _ in problems for g in range(G)])  # [B·G]
+        ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=rollout_cfg.max_new_tokens,
+                     keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                     system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies)
+        batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context,
+                                    schedule=schedule_values)
+        return ro, batch, rewards.raw_scores(batch)
+
     # ----------------------------------------------------------------- the loop
     from rshape.progress import StepProgress
 
@@ -216,28 +272,51 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     with progress:
         for step in range(start_step + 1, recipe.train.steps + 1):
             t0 = time.perf_counter()
-            problems = sampler.next(B)
-            keys = sample_keys(recipe.seed, step, [p.id for p in problems for _ in range(G)],
-                               [g for _ in problems for g in range(G)])  # [B·G]
-            ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=rollout_cfg.max_new_tokens,
-                         keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                         system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies)
-            t_gen = time.perf_counter() - t0
-
-            context = LoopContext(model, tokenizer, task, recipe, step, monitor, device)
             schedule_values = {name: s(step) for name, s in schedules.items()}
-            batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context,
-                                        schedule=schedule_values)
-            correct = batch.correct  # [N]
-            scores = rewards.score(batch)
-            advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
-                          else advantage_fn(scores.total, G, recipe.algorithm.adv_eps))  # [N]
+            context = LoopContext(model, tokenizer, task, recipe, step, monitor, device)
 
-            update = policy_update(policy, ro, advantages, recipe, optimizer, params, step)
+            ro, batch, raws = generate_and_score(step, 0, context, schedule_values)
+            policy_view = rollout_metrics(ro, batch.correct)  # of the first B prompts, before any filtering
+            sampling = {}
+            if recipe.algorithm.dynamic_sampling.enabled:  # DAPO: keep groups whose rewards differ, refill
+                ds = recipe.algorithm.dynamic_sampling
+                kept: list[tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]] = []
+                n_kept, rounds = 0, 0
+                while True:
+                    total = rewards.combine(raws, step, G).total.view(-1, G)  # [B, G]
+                    informative = total.std(dim=1, unbiased=False) > ds.std_eps  # [B]
+                    if rounds == 0:
+                        sampling["sampling/zero_std_frac"] = 1.0 - informative.float().mean().item()
+                    rows = informative.repeat_interleave(G).nonzero().squeeze(1)
+                    kept.append(select_scored(ro, batch, raws, rows))
+                    n_kept += int(informative.sum())
+                    if n_kept >= B or rounds >= ds.max_rounds:
+                        break
+                    rounds += 1
+                    ro, batch, raws = generate_and_score(step, rounds, context, schedule_values)
+                sampling.update({"sampling/extra_rounds": rounds, "sampling/kept_groups": n_kept,
+                                 "sampling/hit_cap": float(n_kept < B)})
+                ro, batch, raws = merge_scored(kept, tokenizer.pad_token_id)
+            t_gen = time.perf_counter() - t0
+            correct = batch.correct  # [N]
+            scores = rewards.combine(raws, step, G)
+            seq_stats = sequence_stats(policy, ro, recipe, getattr(advantage_fn, "needs", set()))
+            advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
+                          else advantage_fn(AdvantageInputs(
+                              rewards=scores.total, group_size=G, lengths=ro.lengths, correct=correct,
+                              max_new_tokens=rollout_cfg.max_new_tokens, eps=recipe.algorithm.adv_eps, **seq_stats),
+                              **recipe.algorithm.advantage_params))  # [N]
+            if recipe.algorithm.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss
+                ro.completion_mask &= ~ro.truncated.to(ro.completion_mask.device)[:, None]
+
+            if ro.completion_ids.shape[0] and ro.num_tokens:
+                update = policy_update(policy, ro, advantages, recipe, optimizer, params, step)
+            else:  # nothing to learn from (every group dropped or masked): no optimizer step
+                update = {"optim/skipped": 1.0}
             scheduler.step()
             dt = time.perf_counter() - t0
 
-            metrics = {"step": step, **scores.metrics, **rollout_metrics(ro, correct), **update,
+            metrics = {"step": step, **scores.metrics, **policy_view, **update, **sampling,
                        **{f"schedule/{k}": v for k, v in schedule_values.items()},
                        "advantage/abs_mean": advantages.abs().mean().item(),
                        "optim/lr": scheduler.get_last_lr()[0],

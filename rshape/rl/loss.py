@@ -19,18 +19,19 @@ def completion_logits(model: torch.nn.Module, rollouts: Rollouts, temperature: f
     return out.logits[:, :-1, :] / temperature  # [R, T, V]: position P-1+t predicts token P+t
 
 
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False,
+                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(logits)[token] without keeping a float32 log-softmax of the whole vocabulary.
 
-    logits [R, T, V], tokens [R, T] → logp [R, T] (float32), entropy [R, T] or None.
+    logits [R, T, V], tokens [R, T] → logp [R, T] (float32), entropy [R, T] or None (differentiable
+    only with entropy_grad, for an entropy bonus).
     """
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1)  # [R, T]
     logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None
-    if with_entropy:
-        with torch.no_grad():
+    if with_entropy or entropy_grad:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = torch.softmax(logits, dim=-1)
             entropy = lse - (probs * logits).sum(-1)
     return logp, entropy
@@ -67,19 +68,31 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, *, clip_low: float, clip_high: float, agg: str,
-                        num_sequences: int, num_tokens: int, ref_logp: torch.Tensor | None = None,
-                        kl_beta: float = 0.0) -> LossTerms:
-    """PPO/GRPO clipped surrogate with asymmetric clip (DAPO's clip-higher) and optional k3 KL.
+                        num_sequences: int, num_tokens: int, max_len: int | None = None, ratio_level: str = "token",
+                        ref_logp: torch.Tensor | None = None, kl_beta: float = 0.0,
+                        entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> LossTerms:
+    """PPO/GRPO clipped surrogate with asymmetric clip, GSPO's sequence ratio, k3 KL and an entropy bonus.
 
-    per token: ℓ_t = −min(ρ_t·A, clip(ρ_t, 1−ε_low, 1+ε_high)·A) + β·k3_t, ρ_t = exp(logp − old_logp).
-    agg `grpo`: Σ_i (Σ_t ℓ_i,t / |y_i|) / num_sequences  (per-sequence mean, then mean; DeepSeekMath);
-    agg `dapo`: Σ_i Σ_t ℓ_i,t / num_tokens  (token mean over the whole batch; DAPO, arXiv 2503.14476).
-    The normalisers are those of the whole (mini)batch, so summing the losses of its row chunks
-    gives the loss of the batch.  logp, old_logp, mask: [R, T]; advantages: [R].
+    per token: ℓ_t = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·k3_t − c_H·H_t, where
+    ρ = ρ_t = exp(logp_t − old_t) (ratio_level `token`), or, for GSPO (arXiv 2507.18071, ratio_level
+    `sequence`), ρ = s_i = exp(mean_t(logp_t − old_t)) shared by every token of sequence i, so the
+    loss is the sequence-level clipped objective and the gradient flows through s_i.
+    Aggregations (METHODS.md §6), with the normalisers of the whole (mini)batch so that the losses of
+    its row chunks add up to the loss of the batch:
+      `grpo`:    Σ_i (Σ_t ℓ_i,t / |y_i|) / num_sequences      (DeepSeekMath: sequence mean, then mean)
+      `dapo`:    Σ_i Σ_t ℓ_i,t / num_tokens                   (DAPO, arXiv 2503.14476: batch token mean)
+      `dr_grpo`: Σ_i Σ_t ℓ_i,t / (num_sequences · max_len)    (Dr. GRPO, arXiv 2503.20783: a constant divisor)
+    logp, old_logp, mask, entropy: [R, T]; advantages: [R].
     """
     mask = mask.float()
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
+    log_ratio = logp - old_logp  # [R, T]
+    if ratio_level == "sequence":
+        seq_log_ratio = (log_ratio * mask).sum(1) / mask.sum(1).clamp_min(1)  # [R]
+        ratio = torch.exp(seq_log_ratio)[:, None].expand_as(log_ratio)  # [R, T], equal along T
+    elif ratio_level == "token":
+        ratio = torch.exp(log_ratio)
+    else:
+        raise ValueError(f"unknown ratio_level {ratio_level!r}; valid: token, sequence")
     adv = advantages[:, None]  # [R, 1]
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
     per_token = -surr
@@ -87,14 +100,22 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     if ref_logp is not None and kl_beta > 0:
         kl = k3_kl(logp, ref_logp)
         per_token = per_token + kl_beta * kl
+    if entropy is not None and entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy
     if agg == "grpo":
         def reduce(x: torch.Tensor) -> torch.Tensor:
             return ((x * mask).sum(1) / mask.sum(1).clamp_min(1)).sum() / num_sequences
     elif agg == "dapo":
         def reduce(x: torch.Tensor) -> torch.Tensor:
             return (x * mask).sum() / max(num_tokens, 1)
+    elif agg == "dr_grpo":
+        if not max_len:
+            raise ValueError("loss aggregation dr_grpo needs max_len (the generation limit)")
+
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return (x * mask).sum() / (num_sequences * max_len)
     else:
-        raise ValueError(f"unknown loss aggregation {agg!r}; valid: grpo, dapo")
+        raise ValueError(f"unknown loss aggregation {agg!r}; valid: grpo, dapo, dr_grpo")
     with torch.no_grad():
         low = ((ratio < 1 - clip_low) & (adv < 0)).float()
         high = ((ratio > 1 + clip_high) & (adv > 0)).float()

@@ -151,3 +151,29 @@ def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems
                     completion_mask=cmask, lengths=lengths.cpu(), truncated=truncated.cpu(),
                     texts=decode_completions(tokens.cpu(), lengths.cpu(), tokenizer), group_size=group_size,
                     entropies=entropies.masked_fill(~cmask, 0.0).cpu() if entropies is not None else None)
+
+
+def concat_rollouts(parts: list[Rollouts], pad_token_id: int) -> Rollouts:
+    """Stack several Rollouts (e.g. dynamic-sampling rounds): prompts re-left-padded, completions right-padded."""
+    if len(parts) == 1:
+        return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def left(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+    def right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    ent = [p.entropies for p in parts]
+    return Rollouts(
+        problems=[q for p in parts for q in p.problems],
+        prompt_ids=torch.cat([left(p.prompt_ids, P, pad_token_id) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
+        completion_ids=torch.cat([right(p.completion_ids, T, pad_token_id) for p in parts]),
+        completion_mask=torch.cat([right(p.completion_mask, T, False) for p in parts]),
+        lengths=torch.cat([p.lengths for p in parts]), truncated=torch.cat([p.truncated for p in parts]),
+        texts=[t for p in parts for t in p.texts], group_size=parts[0].group_size,
+        entropies=torch.cat([right(e, T, 0.0) for e in ent]) if all(e is not None for e in ent) else None,
+    )
