@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from test_rewards_basic import make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
 from rshape.rewards.combine import group_normalize
 from rshape.rewards.user import UserRewardError
-from test_rewards_basic import make_batch
 
 TEXTS = ["<think>a</think><answer>1</answer>", "<think>a</think>1", "<answer>1</answer>", "oops"]
 

@@ -164,3 +164,23 @@ def test_loss_modes_run(random_model_dir, tmp_path, algo):
     train(recipe)
     metrics = read_jsonl(tmp_path / "m" / "metrics.jsonl")
     assert len(metrics) == 2 and all(math.isfinite(m["loss/total"]) for m in metrics)
+
+
+@pytest.mark.parametrize("estimator, params", [
+    ("grpo", {}), ("dr_grpo", {}), ("rloo", {}), ("reinforce_pp_baseline", {}), ("batch_norm", {}),
+    ("drpo", {}), ("canon", {}), ("canon", {"metric": "entropy"}), ("pref_grpo", {})])
+def test_each_estimator_runs(random_model_dir, tmp_path, estimator, params):
+    recipe = tiny_recipe(random_model_dir, tmp_path / "e", steps=2, **{"algorithm.advantage": estimator,
+                                                                        "algorithm.advantage_params": params})
+    train(recipe)
+    metrics = read_jsonl(tmp_path / "e" / "metrics.jsonl")
+    assert len(metrics) == 2 and all(math.isfinite(m["advantage/abs_mean"]) for m in metrics)
+
+
+def test_estimator_needs_follow_params():
+    from rshape.rl.advantages import ADVANTAGES, estimator_needs
+
+    assert estimator_needs(ADVANTAGES.get("canon"), {}) == set()
+    assert estimator_needs(ADVANTAGES.get("canon"), {"metric": "entropy"}) == {"seq_entropies"}
+    assert estimator_needs(ADVANTAGES.get("drpo"), {}) == {"seq_logprobs"}
+    assert estimator_needs(ADVANTAGES.get("grpo"), {}) == set()

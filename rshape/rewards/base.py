@@ -20,6 +20,7 @@ class RewardContext(Protocol):
     """What the training loop lends a reward that needs the policy (SAR, LASER-D's monitor)."""
 
     monitor: list[Problem]  # a fixed monitor split of training problems
+    tokenizer: Any  # the policy's tokenizer (e.g. to find a tag's token position)
 
     def logprobs(self, prompts: list[Any], completion_ids: list[list[int]]) -> list[torch.Tensor]:
         """Per-token log-probs under the current policy of each completion after the given prompt."""

@@ -1,17 +1,23 @@
-"""Correctness: the task verifier's verdict as a reward (METHODS.md §1)."""
+"""Correctness: a verifier's verdict as a reward (METHODS.md §1)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.tasks.verifiers import VERIFIERS
 
 
 class Correctness(RewardComponent):
-    """r_i = correct_score if c_i else wrong_score, c_i from the task's verifier.
+    """r_i = correct_score if c_i else wrong_score.
 
+    c_i is the task verifier's verdict (batch.correct, `verifier: task`), or a re-check of the
+    completion against problem.answer with one of rshape.tasks.verifiers: `exact` (extracted answer
+    equal after normalisation), `numeric` (numbers equal within tolerance, "1,000" = 1000) or `math`
+    (symbolic equivalence through math-verify, `\\frac{1}{2}` = 0.5). The answer is read from the last
+    `<answer>` tag, else the last `\\boxed{}`.
     Source: METHODS.md §1. Papers score 1/0, or 1/−0.5 (the Laser code).
     """
 
@@ -19,9 +25,18 @@ class Correctness(RewardComponent):
     """Reward of a correct completion."""
     wrong_score: float = 0.0
     """Reward of a wrong (or unparseable) completion."""
+    verifier: Literal["task", "exact", "numeric", "math"] = "task"
+    """`task`: the task's own verdict (batch.correct); `exact`, `numeric`, `math`: re-check against problem.answer."""
+
+    def verdicts(self, batch: RewardBatch) -> torch.Tensor:
+        """[N] bool: which completions this component counts as correct."""
+        if self.verifier == "task":
+            return batch.correct > 0
+        check = VERIFIERS[self.verifier]
+        return torch.tensor([bool(check(t, p)) for t, p in zip(batch.completions, batch.problems)], dtype=torch.bool)
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
-        return torch.where(batch.correct > 0, self.correct_score, self.wrong_score).float()
+        return torch.where(self.verdicts(batch), self.correct_score, self.wrong_score).float()
 
 
 COMPONENTS = {"correctness": Correctness}

@@ -50,6 +50,12 @@ def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, An
     return out
 
 
+def estimator_needs(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> set[str]:
+    """What an estimator asks the loop for: `fn.needs`, a set or a function of the estimator's parameters."""
+    needs = getattr(fn, "needs", set())
+    return set(needs(**params)) if callable(needs) else set(needs)
+
+
 @ADVANTAGES.register("grpo")
 def grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     """GRPO: A_i = (r_i − mean_g) / (std_g + eps) over the G siblings.
@@ -299,7 +305,7 @@ def canon_advantages(x: AdvantageInputs, *, metric: str = "length", alpha: float
 
 
 # the loop reads this set statically, so it asks for entropies even for `metric: length` (unused then)
-canon_advantages.needs = {"seq_entropies"}
+canon_advantages.needs = lambda metric="length", **_: {"seq_entropies"} if metric == "entropy" else set()
 
 
 @ADVANTAGES.register("pref_grpo")

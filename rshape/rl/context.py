@@ -35,7 +35,9 @@ class LoopContext:
     @torch.no_grad()
     def logprobs(self, prompts: list[Any], completion_ids: list[list[int]]) -> list[torch.Tensor]:
         tok = self.tokenizer
-        texts = [render_prompt(p, tok, self.task.system_prompt) for p in prompts]
+        # an empty prompt (SAR's question-free view) starts from BOS, or EOS when there is none
+        start = tok.bos_token or tok.eos_token
+        texts = [render_prompt(p, tok, self.task.system_prompt) or start for p in prompts]
         ids, mask = encode_prompts(texts, tok, self.device)
         width = max(1, max(len(c) for c in completion_ids))
         comp = torch.full((len(completion_ids), width), tok.pad_token_id, dtype=torch.long)

@@ -28,7 +28,7 @@ from rshape.evaluate import greedy_eval
 from rshape.models import load_policy, resolve_device, resolve_dtype
 from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import RewardBatch, build_rewards
-from rshape.rl.advantages import ADVANTAGES, AdvantageInputs
+from rshape.rl.advantages import ADVANTAGES, AdvantageInputs, estimator_needs
 from rshape.rl.context import LoopContext, batch_from_rollouts
 from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, token_logprobs
 from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
@@ -300,7 +300,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             t_gen = time.perf_counter() - t0
             correct = batch.correct  # [N]
             scores = rewards.combine(raws, step, G)
-            seq_stats = sequence_stats(policy, ro, recipe, getattr(advantage_fn, "needs", set()))
+            seq_stats = sequence_stats(policy, ro, recipe, estimator_needs(advantage_fn, recipe.algorithm.advantage_params))
             advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
                           else advantage_fn(AdvantageInputs(
                               rewards=scores.total, group_size=G, lengths=ro.lengths, correct=correct,
