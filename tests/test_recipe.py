@@ -95,3 +95,12 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in readme]
     assert not missing, f"README lacks recipe keys: {missing}"
+
+
+def test_readme_documents_every_component_and_estimator():
+    from rshape.rewards import REWARDS
+    from rshape.rl.advantages import ADVANTAGES
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [n for n in REWARDS.names() + ADVANTAGES.names() if f"| `{n}` |" not in readme]
+    assert not missing, f"README lacks rows for: {missing}"
