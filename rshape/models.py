@@ -109,20 +109,23 @@ def load_policy(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, keep
         model.config.use_cache = False
     frozen_reference = None
     if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
-        lora = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        if cfg.adapter:  # continue training an existing adapter (e.g. the previous phase's)
+            model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
     elif keep_reference:
         frozen_reference = copy.deepcopy(model).eval()
         for p in frozen_reference.parameters():

@@ -43,6 +43,8 @@ class ModelConfig(Section):
     """Hugging Face model id, a local directory, or `builtin:tiny-addition` (the shipped tiny-world policy)."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings."""
+    adapter: str | None = None
+    """A saved LoRA adapter directory to continue training (its own rank/targets are used)."""
     load_in_4bit: bool = False
     """Load the frozen base in 4-bit NF4 through bitsandbytes (QLoRA); needs lora.enabled."""
     bnb_compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -56,6 +58,8 @@ class ModelConfig(Section):
     def _qlora_needs_lora(self) -> ModelConfig:
         if self.load_in_4bit and not self.lora.enabled:
             raise ValueError("load_in_4bit needs lora.enabled: a 4-bit base cannot be trained directly")
+        if self.adapter and not self.lora.enabled:
+            raise ValueError("adapter needs lora.enabled")
         return self
 
 

@@ -184,3 +184,18 @@ def test_estimator_needs_follow_params():
     assert estimator_needs(ADVANTAGES.get("canon"), {"metric": "entropy"}) == {"seq_entropies"}
     assert estimator_needs(ADVANTAGES.get("drpo"), {}) == {"seq_logprobs"}
     assert estimator_needs(ADVANTAGES.get("grpo"), {}) == set()
+
+
+def test_continue_from_saved_adapter(random_model_dir, tmp_path):
+    """model.adapter loads a previous run's LoRA adapter, trainable, with the same weights."""
+    from rshape.models import load_policy
+    from rshape.runs import latest_checkpoint
+
+    train(tiny_recipe(random_model_dir, tmp_path / "first", steps=2))
+    ckpt = latest_checkpoint(tmp_path / "first")
+    saved = torch.load(ckpt / "state.pt", weights_only=False)["trainable"]
+    cfg = ModelConfig(name=random_model_dir, adapter=str(ckpt / "model"), lora={"r": 4, "alpha": 8})
+    policy = load_policy(cfg, torch.device("cpu"), torch.float32)
+    loaded = {k: v for k, v in policy.model.named_parameters() if v.requires_grad}
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
