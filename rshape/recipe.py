@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rshape.curriculum import CurriculumConfig
+
 
 class RecipeError(Exception):
     """A user mistake in a recipe: one line per problem, no traceback."""
@@ -101,6 +103,9 @@ class RolloutConfig(Section):
     """Sampling temperature (also divides the logits of the training log-probs)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass."""
+    max_new_tokens_from: str | None = None
+    """Name of a schedule in `schedules` (e.g. `budget`) that sets the generation limit each step
+    (rounded; never above max_new_tokens) — a token budget driving generation."""
 
 
 class RewardSpec(BaseModel):
@@ -210,6 +215,8 @@ class Recipe(Section):
     component normalised in its group, weighted, summed, whitened over the batch — used as the advantage."""
     schedules: dict[str, dict[str, Any]] = {}
     """Named schedules of the step (e.g. `budget`), readable by rewards and logged as `schedule/<name>`."""
+    curriculum: CurriculumConfig = CurriculumConfig()
+    """Data curriculum: difficulty tracker, order, stages, retirement, medium upweighting, length budgets."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -385,6 +392,10 @@ def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], i
                 if err["type"] == "extra_forbidden":
                     msg = "unknown key"
                 errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
+    source = recipe.rollout.max_new_tokens_from
+    if source is not None and source not in recipe.schedules:
+        loc = ("rollout", "max_new_tokens_from")
+        errors.append(f"{where(loc)}: rollout.max_new_tokens_from: no schedule named {source!r} in `schedules`")
     task = recipe.task
     if task.name == "jsonl":
         if not task.train_file:
@@ -400,23 +411,29 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
+def _plain(value: Any) -> Any:
+    """Defaults as plain YAML-able data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def describe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every key of the schema, for the README."""
     rows = []
     for name, f in model.model_fields.items():
         key = f"{prefix}{name}"
         ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, Section):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
             if f.description:
                 rows.append((key, "", f.description))
             rows += describe_keys(ann, key + ".")
             continue
-        default = f.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
-            default = default.model_dump(mode="json")
-        elif isinstance(default, dict):
-            default = {k: (v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v)
-                       for k, v in default.items()}
+        default = _plain(f.get_default(call_default_factory=True))
         rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...").strip(),
                      (f.description or "").replace("\n", " ")))
     return rows

@@ -199,3 +199,43 @@ def test_continue_from_saved_adapter(random_model_dir, tmp_path):
     loaded = {k: v for k, v in policy.model.named_parameters() if v.requires_grad}
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+CURRICULUM = {
+    "tracker": {"kind": "ema", "alpha": 0.5, "min_visits": 1},
+    "stages": [{"name": "easy", "mixture_by": "label", "mixture": {1: 1.0}, "steps": 3}, {"name": "all"}],
+    "retire": {"enabled": True, "threshold": 1.0, "min_visits": 1},
+    "budgets": {"easy": 8, "medium": 10, "hard": 12, "unknown": 9},
+}
+
+
+def test_curriculum_resume_mid_stage_is_exact(random_model_dir, tmp_path):
+    over = {"curriculum": CURRICULUM, "train.checkpoint_every": 2}
+    straight = tmp_path / "straight"
+    train(tiny_recipe(random_model_dir, straight, steps=5, **over))
+    split = tmp_path / "split"
+    train(tiny_recipe(random_model_dir, split, steps=2, **over))  # stops inside stage "easy"
+    train(tiny_recipe(random_model_dir, split, steps=5, **over), resume=True)
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(split / "metrics.jsonl")
+    assert comparable(a) == comparable(b)
+    assert [m["curriculum/stage"] for m in a] == [0, 0, 0, 1, 1]
+    assert all(m["accuracy/difficulty_1"] >= 0 and "accuracy/difficulty_2" not in m for m in a[:3])
+
+
+def test_budget_schedule_drives_generation_limit(random_model_dir, tmp_path):
+    over = {"schedules": {"budget": {"schedule": "step", "values": [12, 5], "milestones": [3]}},
+            "rollout.max_new_tokens_from": "budget"}
+    train(tiny_recipe(random_model_dir, tmp_path / "b", steps=4, **over))
+    metrics = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [m["schedule/budget"] for m in metrics] == [12, 12, 5, 5]
+    assert [m["rollout/max_new_tokens"] for m in metrics] == [12, 12, 5, 5]
+    assert all(m["length/p90"] <= 5 for m in metrics[2:])
+
+
+def test_budget_source_must_exist(tmp_path):
+    from rshape.recipe import RecipeError, load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("rollout:\n  max_new_tokens_from: budget\n")
+    with pytest.raises(RecipeError, match="no schedule named 'budget'"):
+        load_recipe(p)

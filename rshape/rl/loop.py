@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rshape.curriculum import CurriculumSampler
 from rshape.evaluate import greedy_eval
 from rshape.models import load_policy, resolve_device, resolve_dtype
 from rshape.recipe import Recipe, recipe_to_yaml
@@ -86,6 +87,31 @@ def rollout_metrics(ro: Rollouts, correct: torch.Tensor) -> dict[str, float]:
         m[f"accuracy/difficulty_{d}"] = correct[sel].mean().item()
         m[f"length/difficulty_{d}"] = lengths[sel].mean().item()
     return m
+
+
+def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.device):
+    """The offline difficulty probe: pass rate of the initial policy over `samples` samples per prompt."""
+    k = recipe.curriculum.tracker.samples
+
+    def estimate(problems: list) -> list[float]:
+        rates: list[float] = []
+        chunk_size = max(1, recipe.eval.batch_size // k)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(problems), chunk_size):
+                chunk = problems[i:i + chunk_size]
+                keys = sample_keys(recipe.seed, 0, [f"probe:{p.id}" for p in chunk for _ in range(k)],
+                                   [g for _ in chunk for g in range(k)])
+                ro = rollout(model, tokenizer, chunk, group_size=k, max_new_tokens=recipe.rollout.max_new_tokens,
+                             keys=keys, temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p,
+                             system_prompt=task.system_prompt, device=device)
+                ok = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)]).view(-1, k)
+                rates += ok.mean(1).tolist()
+        model.train(was_training)
+        return rates
+
+    return estimate
 
 
 def select_scored(ro: Rollouts, batch: RewardBatch, raws: dict[str, torch.Tensor], rows: torch.Tensor
@@ -205,7 +231,10 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                                   weight_decay=recipe.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, recipe.train.steps))
-    sampler = PromptSampler(task.train, recipe.seed)
+    cur = recipe.curriculum
+    estimate = probe_estimator(model, tokenizer, task, recipe, device) if cur.tracker.kind == "probe" else None
+    sampler = CurriculumSampler(task.train, recipe.seed, cur, estimate=estimate,
+                                cache_path=run_dir / "curriculum_probe.json")  # plain seeded epochs by default
     monitor = PromptSampler(task.train, recipe.seed + 1).next(min(64, len(task.train)))  # fixed monitor split
     advantage_fn = ADVANTAGES.get(recipe.algorithm.advantage)
     rollout_cfg = recipe.rollout
@@ -251,18 +280,25 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     if start_step == 0:
         evaluate(0)
 
+    def generation_limit(step: int) -> int:
+        """The generation limit of this step: a token-budget schedule when `rollout.max_new_tokens_from` names one."""
+        if rollout_cfg.max_new_tokens_from is None:
+            return rollout_cfg.max_new_tokens
+        return max(1, min(rollout_cfg.max_new_tokens, round(schedules[rollout_cfg.max_new_tokens_from](step))))
+
     def generate_and_score(step: int, round_: int, context: LoopContext, schedule_values: dict[str, float]
                            ) -> tuple[Rollouts, RewardBatch, dict[str, torch.Tensor]]:
         """B new prompts × G samples, verified, every reward component called once."""
         problems = sampler.next(B)
+        limit = generation_limit(step)
         tag = "" if round_ == 0 else f"round{round_}:"  # refills draw fresh noise
         keys = sample_keys(recipe.seed, step, [tag + p.id for p in problems for _ in range(G)],
                            [g for _ in problems for g in range(G)])  # [B·G]
-        ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=rollout_cfg.max_new_tokens,
+        ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=limit,
                      keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
                      system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies)
-        batch = batch_from_rollouts(ro, task, step, rollout_cfg.max_new_tokens, context=context,
-                                    schedule=schedule_values)
+        batch = batch_from_rollouts(ro, task, step, limit, context=context, schedule=schedule_values)
+        sampler.observe([p.id for p in problems], batch.correct.view(-1, G).mean(1).tolist(), step)  # before any filtering
         return ro, batch, rewards.raw_scores(batch)
 
     # ----------------------------------------------------------------- the loop
@@ -304,7 +340,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
                           else advantage_fn(AdvantageInputs(
                               rewards=scores.total, group_size=G, lengths=ro.lengths, correct=correct,
-                              max_new_tokens=rollout_cfg.max_new_tokens, eps=recipe.algorithm.adv_eps, **seq_stats),
+                              max_new_tokens=batch.max_new_tokens, eps=recipe.algorithm.adv_eps, **seq_stats),
                               **recipe.algorithm.advantage_params))  # [N]
             if recipe.algorithm.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss
                 ro.completion_mask &= ~ro.truncated.to(ro.completion_mask.device)[:, None]
@@ -322,6 +358,9 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                        "optim/lr": scheduler.get_last_lr()[0],
                        "perf/step_time": dt, "perf/gen_time": t_gen,
                        "perf/tokens_per_s": int(ro.lengths.sum()) / max(dt, 1e-9)}
+            metrics.update(sampler.metrics())
+            metrics["rollout/max_new_tokens"] = batch.max_new_tokens
+            sampler.report(step, metrics)  # stage promotion reads the step's metrics
             metrics_log.write(metrics)
             for i in range(0, min(recipe.train.log_samples * G, len(ro.texts)), G):
                 samples_log.write({"step": step, "prompt": ro.problems[i].prompt, "completion": ro.texts[i],
