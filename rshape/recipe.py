@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rshape.curriculum import CurriculumConfig
+from rshape.phases import PhaseConfig
 
 
 class RecipeError(Exception):
@@ -215,6 +216,8 @@ class Recipe(Section):
     component normalised in its group, weighted, summed, whitened over the batch — used as the advantage."""
     schedules: dict[str, dict[str, Any]] = {}
     """Named schedules of the step (e.g. `budget`), readable by rewards and logged as `schedule/<name>`."""
+    phases: list[PhaseConfig] = []
+    """Chained phases (SFT warm start, RL phases), each from the previous one's weights; empty = one RL run."""
     curriculum: CurriculumConfig = CurriculumConfig()
     """Data curriculum: difficulty tracker, order, stages, retirement, medium upweighting, length budgets."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
@@ -392,10 +395,24 @@ def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], i
                 if err["type"] == "extra_forbidden":
                     msg = "unknown key"
                 errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
-    source = recipe.rollout.max_new_tokens_from
-    if source is not None and source not in recipe.schedules:
+    if recipe.phases:
+        from rshape.phases import phase_recipe
+
+        base = recipe.model_dump(mode="json")
+        for i, phase in enumerate(recipe.phases, 1):
+            try:
+                sub = Recipe.model_validate(phase_recipe(base, phase, i, None, recipe.model.lora.enabled))
+                errors += [line.replace(f"{source}: ", f"{where(('phases', str(i - 1)))}: phases.{i - 1} ({phase.name}): ", 1)
+                           for line in check_components(sub, source, {}, set())]
+            except ValidationError as exc:
+                for err in exc.errors():
+                    key = ".".join(str(p) for p in err["loc"])
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+                    errors.append(f"{where(('phases', str(i - 1)))}: phases.{i - 1} ({phase.name}): {key}: {msg}")
+    budget_source = recipe.rollout.max_new_tokens_from
+    if budget_source is not None and budget_source not in recipe.schedules:
         loc = ("rollout", "max_new_tokens_from")
-        errors.append(f"{where(loc)}: rollout.max_new_tokens_from: no schedule named {source!r} in `schedules`")
+        errors.append(f"{where(loc)}: rollout.max_new_tokens_from: no schedule named {budget_source!r} in `schedules`")
     task = recipe.task
     if task.name == "jsonl":
         if not task.train_file:

@@ -117,7 +117,8 @@ def prepare_run_dir(path: str | Path, resume: bool) -> Path:
     return run
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], keep: int = 2,
+                    tokenizer: Any = None) -> Path:
     """Write checkpoints/step_{step} atomically (temp dir, then rename) and point `latest` at it.
 
     The model part is what trains: the LoRA adapter (peft `save_pretrained`) or the full weights.
@@ -131,6 +132,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
         shutil.rmtree(tmp)
     tmp.mkdir()
     model.save_pretrained(tmp / "model")
+    if tokenizer is not None:  # so the saved model loads on its own (full fine-tuning, the next phase)
+        tokenizer.save_pretrained(tmp / "model")
     torch.save(trainer_state, tmp / "state.pt")
     final = root / name
     if final.exists():

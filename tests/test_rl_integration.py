@@ -239,3 +239,43 @@ def test_budget_source_must_exist(tmp_path):
     p.write_text("rollout:\n  max_new_tokens_from: budget\n")
     with pytest.raises(RecipeError, match="no schedule named 'budget'"):
         load_recipe(p)
+
+
+def test_two_phase_recipe_sft_then_rl(random_model_dir, tmp_path):
+    """An SFT warm start, then an RL phase that starts from its adapter; resume skips the finished phases."""
+    from rshape.phases import run_phases
+
+    out = tmp_path / "phased"
+    recipe = tiny_recipe(random_model_dir, out, steps=2, phases=[
+        {"name": "warm", "kind": "sft", "sft": {"steps": 3, "batch_size": 4, "lr": 0.01}},
+        {"name": "rl", "overrides": {"train.steps": 2, "rewards.length": {"type": "kimi_length", "weight": 0.2}}},
+    ])
+    summary = run_phases(recipe)
+    assert [p["phase"] for p in summary["phases"]] == ["warm", "rl"]
+    sft_metrics = read_jsonl(out / "1_warm" / "metrics.jsonl")
+    assert [m["step"] for m in sft_metrics] == [1, 2, 3] and all(math.isfinite(m["sft/loss"]) for m in sft_metrics)
+    rl_recipe = (out / "2_rl" / "recipe.yaml").read_text()
+    assert str(out / "1_warm" / "checkpoints" / "step_000003" / "model") in rl_recipe  # started from the warm adapter
+    saved = torch.load(out / "1_warm" / "checkpoints" / "step_000003" / "state.pt", weights_only=False)["trainable"]
+    from rshape.models import load_policy
+    from rshape.recipe import Recipe
+
+    policy = load_policy(Recipe.model_validate(__import__("yaml").safe_load(rl_recipe)).model, torch.device("cpu"),
+                         torch.float32)
+    start = {k: v for k, v in policy.model.named_parameters() if v.requires_grad}
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+    assert len(read_jsonl(out / "2_rl" / "metrics.jsonl")) == 2
+    before = (out / "2_rl" / "metrics.jsonl").read_text()
+    run_phases(recipe, resume=True)  # everything finished: nothing reruns
+    assert (out / "2_rl" / "metrics.jsonl").read_text() == before
+
+
+def test_phase_errors_name_the_phase(tmp_path):
+    from rshape.recipe import RecipeError, load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("phases:\n  - name: a\n    overrides: {train.stepz: 3}\n  - name: b\n    overrides: {rewards.x.type: nope}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert any("phases.0 (a): train.stepz: unknown key" in line for line in exc.value.lines)
+    assert any("phases.1 (b)" in line and "unknown reward 'nope'" in line for line in exc.value.lines)

@@ -275,7 +275,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             "step": step, "trainable": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
             "torch_rng": torch.get_rng_state(), "reward_state": rewards.state_dict(),
-        })
+        }, tokenizer=tokenizer)
 
     if start_step == 0:
         evaluate(0)

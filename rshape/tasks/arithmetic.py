@@ -102,7 +102,7 @@ def sample_pairs(d: int, n: int, split: str, seed: int, eval_fraction: float) ->
 
 def make_problem(a: int, b: int) -> Problem:
     d = max(len(str(a)), len(str(b)))
-    return Problem(id=f"add-{a}+{b}", prompt=make_prompt(a, b), answer=str(a + b), difficulty=d)
+    return Problem(id=f"add-{a}+{b}", prompt=make_prompt(a, b), answer=str(a + b), difficulty=d, meta={"a": a, "b": b})
 
 
 def verify_integer_answer(completion: str, problem: Problem) -> bool:

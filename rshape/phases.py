@@ -1,0 +1,203 @@
+"""Phases: one recipe that chains an SFT warm start and RL phases, each starting from the previous weights.
+
+    phases:
+      - {name: warm, kind: sft, sft: {steps: 40, mode_mix: {full: 1.0}}}
+      - {name: format, overrides: {train.steps: 20, rewards: {correctness: {weight: 1}, format: {weight: 1}}}}
+      - {name: length, overrides: {train.steps: 40, rewards.length: {type: kimi_length, weight: 0.4}}}
+
+Phase i runs in `output_dir/<i>_<name>/` with the base recipe plus its `overrides` (dotted keys, or
+whole sections). It starts from the weights of phase i−1: its LoRA adapter (`model.adapter`), or, for
+full fine-tuning, its saved model (`model.name`). `--resume` skips finished phases (those with a
+summary.json) and resumes the unfinished one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from rshape.runs import JsonlWriter, latest_checkpoint, save_checkpoint, trainable_state_dict, write_json
+
+
+class SftConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    steps: int = Field(50, gt=0)
+    """Optimizer steps."""
+    batch_size: int = Field(32, gt=0)
+    """Examples per step."""
+    lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate."""
+    mode_mix: dict[str, float] = {"full": 1.0}
+    """addition task: trace kinds to imitate and their shares (full, overthink, direct, malformed)."""
+    completion_key: str = "completion"
+    """jsonl task: the data column holding the target completion."""
+
+
+class PhaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    name: str
+    """Phase name (its run directory is `<output_dir>/<index>_<name>`)."""
+    kind: Literal["rl", "sft"] = "rl"
+    """`rl`: the GRPO loop; `sft`: supervised fine-tuning on reference completions."""
+    overrides: dict[str, Any] = {}
+    """Recipe keys changed for this phase (dotted keys or whole sections)."""
+    sft: SftConfig = SftConfig()
+    """Settings of an sft phase."""
+
+
+def phase_recipe(base: dict[str, Any], phase: PhaseConfig, index: int, previous: Path | None, lora: bool) -> dict[str, Any]:
+    """The plain recipe dict of one phase: base + overrides, its own run dir, the previous weights."""
+    from rshape.recipe import apply_override
+
+    data = {k: v for k, v in base.items() if k != "phases"}
+    data = _deep_copy(data)
+    for key, value in phase.overrides.items():
+        apply_override(data, key.split("."), value)
+    data["output_dir"] = str(Path(base["output_dir"]) / f"{index}_{phase.name}")
+    if previous is not None:
+        model = data.setdefault("model", {})
+        if lora:
+            model["adapter"] = str(previous / "model")
+        else:
+            model["name"] = str(previous / "model")
+    return data
+
+
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
+def run_phases(recipe: Any, resume: bool = False, console: Any = None) -> dict[str, Any]:
+    """Run every phase in order; returns the last RL phase's summary with the phases listed."""
+    from rshape.recipe import Recipe
+    from rshape.rl.loop import train
+    from rshape.runs import read_jsonl
+
+    base = recipe.model_dump(mode="json")
+    previous: Path | None = None
+    summaries = []
+    for i, phase in enumerate(recipe.phases, 1):
+        data = phase_recipe(base, phase, i, previous, recipe.model.lora.enabled)
+        sub = Recipe.model_validate(data)
+        run_dir = Path(sub.output_dir)
+        done = (run_dir / "summary.json").is_file()
+        if not done:
+            resuming = resume and latest_checkpoint(run_dir) is not None
+            if phase.kind == "sft":
+                sft_phase(sub, phase.sft, resume=resuming)
+            else:
+                train(sub, resume=resuming, console=console)
+        previous = latest_checkpoint(run_dir)
+        summaries.append({"phase": phase.name, "kind": phase.kind, "run_dir": str(run_dir),
+                          "final_eval": read_jsonl(run_dir / "eval.jsonl")[-1]})
+    first = read_jsonl(Path(summaries[0]["run_dir"]) / "eval.jsonl")[0]
+    summary = {"run_dir": recipe.output_dir, "first_eval": first, "final_eval": summaries[-1]["final_eval"],
+               "steps": sum(p.sft.steps if p.kind == "sft" else 0 for p in recipe.phases), "phases": summaries}
+    write_json(Path(recipe.output_dir) / "summary.json", summary)
+    return summary
+
+
+def sft_examples(task: Any, cfg: SftConfig, rng: random.Random, n: int) -> list[tuple[Any, str]]:
+    """(prompt, target completion) pairs: tiny-world traces of the mixed kinds, or a data column."""
+    from rshape.tasks.arithmetic import make_trace
+
+    out = []
+    for problem in rng.sample(task.train, min(n, len(task.train))):
+        if "a" in problem.meta and "b" in problem.meta:  # the built-in addition world
+            mode = rng.choices(list(cfg.mode_mix), list(cfg.mode_mix.values()))[0]
+            out.append((problem.prompt, make_trace(problem.meta["a"], problem.meta["b"], mode, rng)))
+        elif cfg.completion_key in problem.meta:
+            out.append((problem.prompt, str(problem.meta[cfg.completion_key])))
+        else:
+            raise ValueError(f"sft phase: problem {problem.id} has no '{cfg.completion_key}' column to imitate")
+    return out
+
+
+def sft_loss(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[Any, str]], system_prompt: str | None,
+             device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy of the completion tokens (and EOS) given the rendered prompt."""
+    from rshape.rl.rollout import positions_from_mask, render_prompt
+
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    rows, labels = [], []
+    for prompt, completion in pairs:
+        p = tokenizer(render_prompt(prompt, tokenizer, system_prompt), add_special_tokens=not has_template)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)  # [B, W] right-padded
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels], device=device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), lab[:, 1:].reshape(-1),
+                                             ignore_index=-100)
+
+
+def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, Any]:
+    """Supervised fine-tuning as one phase: same policy loading, run directory and checkpoint format as `rl`.
+
+    Loss: mean token cross-entropy of the target completion (+ EOS) given the prompt; an interrupted
+    sft phase starts again (it is short), an RL phase resumes from its checkpoint.
+    """
+    from rshape.evaluate import greedy_eval
+    from rshape.models import load_policy, resolve_device, resolve_dtype
+    from rshape.recipe import recipe_to_yaml
+    from rshape.runs import manifest, prepare_run_dir
+    from rshape.tasks import build_task
+
+    device = resolve_device(recipe.device)
+    run_dir = Path(recipe.output_dir)
+    if resume and run_dir.exists():  # an interrupted sft phase is short: it starts again
+        shutil.rmtree(run_dir)
+    run_dir = prepare_run_dir(run_dir, resume=False)
+    torch.manual_seed(recipe.seed)
+    task = build_task(recipe.task, recipe.seed)
+    policy = load_policy(recipe.model, device, resolve_dtype(recipe.dtype, device))
+    model, tokenizer = policy.model, policy.tokenizer
+    params = policy.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"phase": "sft"}))
+    metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
+    eval_tokens = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
+
+    def evaluate(step: int) -> dict[str, float]:
+        model.eval()
+        m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens, batch_size=recipe.eval.batch_size,
+                           device=device)
+        model.train()
+        eval_log.write({"step": step, **m})
+        return m
+
+    first = evaluate(0)
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        pairs = sft_examples(task, cfg, random.Random(f"{recipe.seed}-sft-{step}"), cfg.batch_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss = sft_loss(model, tokenizer, pairs, task.system_prompt, device)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item()
+        optimizer.step()
+        metrics_log.write({"step": step, "sft/loss": loss.item(), "optim/grad_norm": grad_norm,
+                           "perf/step_time": time.perf_counter() - t0})
+    final = evaluate(cfg.steps)
+    save_checkpoint(run_dir, cfg.steps, model, {"step": cfg.steps, "trainable": trainable_state_dict(model)},
+                    tokenizer=tokenizer)
+    metrics_log.close()
+    eval_log.close()
+    summary = {"run_dir": str(run_dir), "first_eval": first, "final_eval": final, "steps": cfg.steps}
+    write_json(run_dir / "summary.json", summary)
+    return summary
