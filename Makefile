@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint quickstart warmstart bench recipe-keys clean
+.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ quickstart: install
 
 warmstart: install
 	$(PY) -m rshape.tasks.warmstart --out rshape/assets/tiny-addition
+
+sweep-demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape sweep recipes/sweep_demo.yaml
+	$(VENV)/bin/rshape plot runs/sweep_demo
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

@@ -46,10 +46,209 @@ def rl(
 
     console = Console(stderr=True)
     try:
-        summary = train(cfg, resume=resume, console=console)
+        if cfg.phases:
+            from rshape.phases import run_phases
+
+            summary = run_phases(cfg, resume=resume, console=console)
+        else:
+            summary = train(cfg, resume=resume, console=console)
     except (RunDirError, DataError, RewardRuntimeError) as exc:
         fail(str(exc))
     print_summary(summary, Console())
+
+
+@app.command("train-rm")
+def train_rm(
+    recipe: Annotated[str, typer.Argument(help="train-rm recipe YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.steps=100.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep finished ensemble members in output_dir and train the rest.")
+                      ] = False,
+) -> None:
+    """Train a reward model (or an ensemble) on preference pairs or scored data and export it for `rl`."""
+    from rshape.recipe import RecipeError
+    from rshape.rm.recipe import load_rm_recipe
+
+    try:
+        cfg = load_rm_recipe(recipe, overrides or [])
+    except RecipeError as exc:
+        fail(exc.lines)
+    from rich.console import Console
+
+    from rshape.rm.evaluate import print_report
+    from rshape.rm.modeling import RewardModelError
+    from rshape.rm.train import train_rm as run_train_rm
+    from rshape.runs import RunDirError
+    from rshape.tasks import DataError
+
+    console = Console(stderr=True)
+    try:
+        report = run_train_rm(cfg, resume=resume, console=console)
+    except (RunDirError, DataError, RewardModelError) as exc:
+        fail(str(exc))
+    print_report(report, Console())
+    print(f"reward model: {report['model']}  (report: {cfg.output_dir}/eval_report.json, "
+          f"train time {report['train_time_s']:.0f}s)")
+
+
+@app.command("eval-rm")
+def eval_rm(
+    model_dir: Annotated[str, typer.Argument(help="A directory written by train-rm (model/ of its run).")],
+    data: Annotated[str | None, typer.Option("--data", help="Pairs or scored data to evaluate on (a file, or "
+                                             "builtin:tiny-preferences); default: the held-out set of training.")] = None,
+    best_of_n: Annotated[int, typer.Option("--best-of-n", help="Also run best-of-N with N samples per prompt (0 = off).")] = 0,
+    policy: Annotated[str, typer.Option("--policy", help="Policy for best-of-N.")] = "builtin:tiny-addition",
+    prompts: Annotated[int, typer.Option("--prompts", help="best-of-N: held-out addition prompts.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="best-of-N: generation limit.")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", help="best-of-N: sampling temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="best-of-N: sampling seed.")] = 0,
+    aggregate: Annotated[str | None, typer.Option("--aggregate", help="Ensembles: mean, min or mean_minus_std.")] = None,
+    k: Annotated[float | None, typer.Option("--k", help="Ensembles: k of mean_minus_std.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the JSON report here.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda...")] = "auto",
+) -> None:
+    """Evaluate a trained reward model: pairwise accuracy, length bias, calibration, best-of-N."""
+    from pathlib import Path
+
+    from rshape.rm.modeling import RewardModelError, check_rm_dir
+
+    problem = check_rm_dir(model_dir)
+    if problem:
+        fail(problem)
+    if aggregate is not None and aggregate not in ("mean", "min", "mean_minus_std"):
+        fail(f"--aggregate: mean, min or mean_minus_std, got {aggregate!r}")
+    if data is not None and not data.startswith(("builtin:", "hf:")) and not Path(data).exists():
+        fail(f"--data: file not found: {data}")
+    from rich.console import Console
+
+    from rshape.rm.evaluate import print_report
+    from rshape.rm.train import eval_data_config, load_eval_examples
+    from rshape.rm.train import eval_rm as run_eval_rm
+    from rshape.runs import write_json
+    from rshape.tasks import DataError
+
+    try:
+        recipe, data_seed = eval_data_config(model_dir)
+        examples = load_eval_examples(recipe, data_seed, data)
+        label = data or f"{recipe.data.eval or recipe.data.train} (training's held-out set)"
+        best = None
+        if best_of_n:
+            best = {"policy": policy, "n": best_of_n, "prompts": prompts, "max_new_tokens": max_new_tokens,
+                    "temperature": temperature, "seed": seed}
+        report = run_eval_rm(model_dir, examples, recipe, label, device, best, aggregate, k)
+    except (DataError, RewardModelError) as exc:
+        fail(str(exc))
+    print_report(report, Console())
+    if output:
+        write_json(Path(output), report)
+        print(f"report: {output}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[str, typer.Argument(help="Sweep YAML: a base recipe, axes (grid, zip, random) and seeds.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides for every trial, e.g. train.steps=5.")
+                         ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials and what a run would do; run nothing.")
+                       ] = False,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1, help="Trials at once (default: the sweep "
+                            "file's max_parallel, else GPUs, else CPU cores // 2).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="local (subprocesses here) or ray (tasks on a Ray cluster).")
+                       ] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (e.g. auto or "
+                           "ray://host:10001); default: start a local Ray instance.")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Sweep directory (default: the sweep file's output_dir).")
+                   ] = None,
+    rank_by: Annotated[str | None, typer.Option("--rank-by", help="Results column that picks the best setting, e.g. "
+                       "accuracy (default), tokens, min:tokens_d4.")] = None,
+) -> None:
+    """Run every trial of SWEEP_FILE as its own `rshape rl` process; skip finished ones on a re-run."""
+    from rshape.results import ResultsError, check_rank_by
+    from rshape.sweep import SweepError, SweepInterrupted, load_sweep, plan, run_sweep
+
+    if backend not in ("local", "ray"):
+        fail(f"--backend: local or ray, got {backend!r}")
+    if rank_by is not None and (msg := check_rank_by(rank_by)):
+        fail(f"--rank-by: {msg}")
+    try:
+        sw = load_sweep(sweep_file, overrides or [], out)
+        if dry_run:
+            todo = plan(sw)
+            seeds = f"{len(sw.seeds)} seed{'s' if len(sw.seeds) > 1 else ''}"
+            print(f"sweep {sw.output_dir}: {len(todo)} trials ({len(sw.settings)} settings × {seeds}), base {sw.base}")
+            width = max(len(t.name) for t, _ in todo)
+            for t, action in todo:
+                shown = [o for o in t.overrides if o not in sw.spec.overrides and o not in sw.extra_overrides]
+                print(f"  {t.name:<{width}}  {action:<12}  {' '.join(shown)}")
+            return
+        outcome = run_sweep(sw, max_parallel=max_parallel, backend=backend, ray_address=ray_address, rank_by=rank_by)
+    except SweepError as exc:
+        fail(exc.lines)
+    except ResultsError as exc:  # e.g. rank_by names a difficulty no trial has
+        fail(str(exc))
+    except SweepInterrupted as exc:
+        print(f"sweep interrupted: running trials stopped and marked interrupted in {sw.output_dir}/trials.json; "
+              "run the same command again to resume", file=sys.stderr)
+        raise typer.Exit(130 if exc.signum == 2 else 143) from None
+    except KeyboardInterrupt:  # before the trials started (validation, building the built-in model)
+        print("sweep interrupted before any trial started", file=sys.stderr)
+        raise typer.Exit(130) from None
+    for path in outcome.results:
+        print(f"results: {path}")
+    if outcome.results:
+        best = [ln for ln in outcome.results[-1].read_text().splitlines() if ln.startswith("| ★")]
+        if best:
+            print("best: " + best[0].split("|")[1].strip(" ★*"))
+    print(outcome.summary_line(), file=sys.stderr if not outcome.ok else sys.stdout)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    directory: Annotated[str, typer.Argument(help="A sweep directory (or any directory of runs).")],
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Column that picks the best setting: accuracy (default), "
+                       "tokens, reward, truncation, accuracy_dN, tokens_dN; prefix min: or max: to set the direction."
+                       )] = "accuracy",
+    out: Annotated[str | None, typer.Option("--out", help="Where results.csv and results.md go (default: DIRECTORY).")
+                   ] = None,
+) -> None:
+    """Aggregate finished runs over seeds: results.csv and results.md (mean ± std per setting, best marked)."""
+    from rshape.results import ResultsError, write_results
+
+    try:
+        paths = write_results(directory, rank_by=rank_by, out=out)
+    except ResultsError as exc:
+        fail(str(exc))
+    print(paths[1].read_text())
+    for path in paths:
+        print(f"results: {path}")
+
+
+@app.command()
+def plot(
+    directory: Annotated[str, typer.Argument(help="A run directory or a sweep directory.")],
+    out: Annotated[str | None, typer.Option("--out", help="Output directory (default: DIRECTORY/figures).")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics for the curves figure, e.g. "
+                       "reward/total,accuracy,length/p90,eval/accuracy (default: reward total and components, "
+                       "accuracy, mean length, truncation rate).")] = None,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="Pool runs by one axis (a sweep axis key, its "
+                        "short name, or any dotted recipe key) instead of by setting.")] = None,
+    smooth: Annotated[int | None, typer.Option("--smooth", min=1, help="Moving-average window of the training curves "
+                      "in steps (default: steps / 10; 1 = raw).")] = None,
+    band: Annotated[str, typer.Option("--band", help="Band and error bars over seeds: ci95 (t-based 95% confidence "
+                    "interval of the mean) or sem (±1.96 standard errors).")] = "ci95",
+) -> None:
+    """Write the figures (PNG and PDF) of a run or a sweep: curves, Pareto front, length histograms, difficulty."""
+    from rshape.plot import PlotError
+    from rshape.plot import plot as make_plots
+
+    try:
+        figures = make_plots(directory, out=out, metrics=[m.strip() for m in metrics.split(",") if m.strip()]
+                             if metrics else None, group_by=group_by, smooth_window=smooth, band_kind=band)
+    except PlotError as exc:
+        fail(str(exc))
+    for f in figures:
+        print(f"{f.name:<14} " + "  ".join(str(p) for p in f.paths))
 
 
 def main() -> None:

@@ -66,8 +66,9 @@ def lr_factor(schedule: str, warmup: int, total: int):
     return f
 
 
-def rollout_metrics(ro: Rollouts, correct: torch.Tensor) -> dict[str, float]:
-    """Accuracy and token lengths of the step's samples, overall, by correctness and by difficulty."""
+def rollout_metrics(ro: Rollouts, correct: torch.Tensor, bucket_of: Any = None) -> dict[str, float]:
+    """Accuracy and token lengths of the step's samples: overall, by correctness, by difficulty label and,
+    with a tracker's `bucket_of(problem)`, by difficulty bucket (easy / medium / hard)."""
     lengths = ro.lengths.float()
     ok = correct > 0
     m: dict[str, float] = {
@@ -86,6 +87,12 @@ def rollout_metrics(ro: Rollouts, correct: torch.Tensor) -> dict[str, float]:
         sel = difficulty == d
         m[f"accuracy/difficulty_{d}"] = correct[sel].mean().item()
         m[f"length/difficulty_{d}"] = lengths[sel].mean().item()
+    if bucket_of is not None:
+        buckets = [bucket_of(p) or "unknown" for p in ro.problems]
+        for b in sorted(set(buckets)):
+            sel = torch.tensor([x == b for x in buckets])
+            m[f"accuracy/bucket_{b}"] = correct[sel].mean().item()
+            m[f"length/bucket_{b}"] = lengths[sel].mean().item()
     return m
 
 
@@ -312,7 +319,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             context = LoopContext(model, tokenizer, task, recipe, step, monitor, device)
 
             ro, batch, raws = generate_and_score(step, 0, context, schedule_values)
-            policy_view = rollout_metrics(ro, batch.correct)  # of the first B prompts, before any filtering
+            policy_view = rollout_metrics(ro, batch.correct, sampler.tracker.bucket)  # the first B prompts, unfiltered
             sampling = {}
             if recipe.algorithm.dynamic_sampling.enabled:  # DAPO: keep groups whose rewards differ, refill
                 ds = recipe.algorithm.dynamic_sampling
