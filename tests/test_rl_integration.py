@@ -279,3 +279,9 @@ def test_phase_errors_name_the_phase(tmp_path):
         load_recipe(p)
     assert any("phases.0 (a): train.stepz: unknown key" in line for line in exc.value.lines)
     assert any("phases.1 (b)" in line and "unknown reward 'nope'" in line for line in exc.value.lines)
+
+
+def test_resume_of_a_finished_run_is_refused(random_model_dir, tmp_path):
+    train(tiny_recipe(random_model_dir, tmp_path / "done", steps=2))
+    with pytest.raises(RunDirError, match="already trained 2 steps"):
+        train(tiny_recipe(random_model_dir, tmp_path / "done", steps=2), resume=True)

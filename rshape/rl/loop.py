@@ -36,6 +36,7 @@ from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.runs import (
     JsonlWriter,
+    RunDirError,
     latest_checkpoint,
     load_trainable_weights,
     manifest,
@@ -259,6 +260,8 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
         torch.set_rng_state(state["torch_rng"])
         rewards.load_state_dict(state["reward_state"])
         start_step = state["step"]
+        if start_step >= recipe.train.steps:
+            raise RunDirError(f"{run_dir}: already trained {start_step} steps; raise train.steps to continue it")
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_jsonl_after_step(run_dir / name, start_step)
     else:
