@@ -1,0 +1,190 @@
+"""The tiny addition world: traces, splits, tokenizer, verifier and the shipped warm-start policy."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from rshape.tasks.arithmetic import (  # noqa: E402
+    TRACE_MODES,
+    addition_task,
+    column_steps,
+    make_problem,
+    make_prompt,
+    make_trace,
+    sample_pairs,
+    verify_integer_answer,
+)
+from rshape.tasks.tokenizer import TAG_TOKENS, build_char_tokenizer  # noqa: E402
+from rshape.tasks.warmstart import (  # noqa: E402
+    ASSET_DIR,
+    build_warmstart,
+    classify_trace,
+    format_table,
+    measure_policy,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model is overhead-bound: one torch thread is as fast and immune to oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class FixedRng:
+    """Stands in for random.Random to pick a given malformed kind."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def randrange(self, n):
+        return self.k
+
+
+# ------------------------------------------------------------------ traces
+
+
+def test_column_steps():
+    assert column_steps(58, 67) == ["8+7+0=15", "5+6+1=12"]
+    assert column_steps(12, 34) == ["2+4+0=6", "1+3+0=4"]
+    assert column_steps(999, 1) == ["9+1+0=10", "9+0+1=10", "9+0+1=10"]
+    assert column_steps(0, 0) == ["0+0+0=0"]
+    assert column_steps(5, 8) == ["5+8+0=13"]
+
+
+def test_make_trace_every_mode():
+    steps = "2+4+0=6\n1+3+0=4\n"
+    assert make_prompt(12, 34) == "12+34=?\n"
+    assert make_trace(12, 34, "full") == f"<think>{steps}</think><answer>46</answer>"
+    assert make_trace(12, 34, "overthink") == f"<think>{steps}check:\n{steps}</think><answer>46</answer>"
+    assert make_trace(12, 34, "direct") == "<think></think><answer>46</answer>"
+    assert make_trace(12, 34, "malformed", FixedRng(0)) == f"<think>{steps}</think>46"
+    assert make_trace(12, 34, "malformed", FixedRng(1)) == "<answer>46</answer>"
+    assert make_trace(12, 34, "malformed", FixedRng(2)) == f"<think>{steps}<answer>46</answer>"
+    assert make_trace(58, 67, "full") == "<think>8+7+0=15\n5+6+1=12\n</think><answer>125</answer>"
+    with pytest.raises(ValueError):
+        make_trace(1, 2, "verbose")
+
+
+def test_classify_trace_matches_make_trace():
+    for mode in ("full", "overthink", "direct"):
+        assert classify_trace(make_trace(58, 67, mode)) == mode
+    for k in range(3):
+        assert classify_trace(make_trace(58, 67, "malformed", FixedRng(k))) == "malformed"
+    assert classify_trace("") == "malformed"
+    assert classify_trace("<think>8+7+0=15\n</think><answer>15</answer>junk") == "malformed"
+
+
+def test_verify_integer_answer():
+    p = make_problem(12, 34)
+    assert p.answer == "46" and p.difficulty == 2
+    assert verify_integer_answer(make_trace(12, 34, "full"), p)
+    assert verify_integer_answer("<answer> 4 6 </answer>", p)
+    assert not verify_integer_answer("<think></think><answer>47</answer>", p)
+    assert not verify_integer_answer("<think>2+4+0=6\n</think>46", p)  # missing tag
+    assert not verify_integer_answer("<answer>46", p)  # unclosed tag
+    assert verify_integer_answer("<answer>12</answer><answer>46</answer>", p)  # the last tag counts
+    assert not verify_integer_answer("<answer>46</answer><answer>12</answer>", p)
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_train_eval_splits_disjoint():
+    task = addition_task(train_per_difficulty=500, eval_per_difficulty=50)
+    train = {p.prompt for p in task.train}
+    evals = {p.prompt for p in task.eval}
+    assert train and evals and not train & evals
+    assert task.difficulties() == [1, 2, 3, 4]
+    # one-digit space is enumerated: the two splits partition the 100 pairs
+    tr, ev = sample_pairs(1, 1000, "train", 0, 0.2), sample_pairs(1, 1000, "eval", 0, 0.2)
+    assert len(tr) + len(ev) == 100 and not set(tr) & set(ev)
+    # the split of a pair does not depend on the seed
+    assert not set(sample_pairs(3, 300, "train", 1, 0.2)) & set(sample_pairs(3, 300, "eval", 2, 0.2))
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+def test_tokenizer_round_trip_and_lengths():
+    tok = build_char_tokenizer()
+    assert (tok.pad_token_id, tok.eos_token_id, tok.padding_side) == (0, 1, "left")
+    for tag in TAG_TOKENS:
+        assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1
+    def n_tokens(s):
+        return len(tok(s, add_special_tokens=False)["input_ids"])
+
+    assert n_tokens(make_prompt(12, 34)) == 8
+    # <think> + 2 steps of 8 chars + </think> + <answer> + "46" + </answer>
+    assert n_tokens(make_trace(12, 34, "full")) == 1 + 16 + 1 + 1 + 2 + 1 == 22
+    assert n_tokens(make_trace(12, 34, "overthink")) == 22 + len("check:\n") + 16 == 45
+    assert n_tokens(make_trace(12, 34, "direct")) == 6
+    for mode in TRACE_MODES:
+        text = make_prompt(58, 67) + make_trace(58, 67, mode)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == text
+    ids = tok("1+1=?\n<eos>", add_special_tokens=False)["input_ids"]
+    assert ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "1+1=?\n"
+    batch = tok(["1+1=?\n", "12+34=?\n"], padding=True, add_special_tokens=False)
+    assert batch["input_ids"][0][:2] == [0, 0] and batch["attention_mask"][0][:2] == [0, 0]
+
+
+# ------------------------------------------------------------------ warm start
+
+
+def _greedy(model, tok, prompts, max_new_tokens=128):
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_shipped_checkpoint_answers():
+    assert (ASSET_DIR / "model.safetensors").exists()
+    tok = AutoTokenizer.from_pretrained(ASSET_DIR)
+    model = AutoModelForCausalLM.from_pretrained(ASSET_DIR).eval()
+    assert tok.eos_token_id == 1 and tok.pad_token_id == 0
+    problems = [make_problem(12, 34), make_problem(58, 67), make_problem(3, 4)]
+    outs = _greedy(model, tok, [p.prompt for p in problems])
+    for text, p in zip(outs, problems, strict=True):
+        assert verify_integer_answer(text, p), (p.prompt, text)
+        assert classify_trace(text) in ("overthink", "full")
+    assert outs[0] == make_trace(12, 34, "overthink")  # greedy is the redundant mode
+    info = json.loads((ASSET_DIR / "warmstart.json").read_text())
+    assert info["stats"]["greedy"]["all"]["accuracy"] >= 0.9
+    assert sum(p.numel() for p in model.parameters()) == info["n_parameters"]
+
+
+def test_build_warmstart_smoke(tmp_path):
+    kwargs = dict(seed=3, steps=4, batch_size=8, measure=False, verbose=False)
+    info = build_warmstart(tmp_path / "a", **kwargs)
+    assert info["params"]["steps"] == 4 and info["n_parameters"] > 100_000
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "warmstart.json"):
+        assert (tmp_path / "a" / name).exists(), name
+    tok = AutoTokenizer.from_pretrained(tmp_path / "a")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a").eval()
+    assert len(_greedy(model, tok, ["1+2=?\n", "12+34=?\n"], max_new_tokens=4)) == 2
+    # deterministic for a seed
+    build_warmstart(tmp_path / "b", **kwargs)
+    model_b = AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    for (n, p), (_, q) in zip(model.named_parameters(), model_b.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    # measurement runs and reports every mode per difficulty
+    task = addition_task((1, 2), train_per_difficulty=0, eval_per_difficulty=2)
+    stats = measure_policy(model, tok, task, samples_per_prompt=2, min_samples_per_difficulty=0,
+                           max_new_tokens=8)
+    assert set(stats["greedy"]) == {"1", "2", "all"}
+    assert set(stats["sampled"]["1"]) == set(TRACE_MODES)
+    assert abs(sum(m["fraction"] for m in stats["sampled"]["all"].values()) - 1) < 1e-9
+    assert format_table(stats).count("\n") == 4
