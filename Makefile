@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo clean
+.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ warmstart: install
 sweep-demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape sweep recipes/sweep_demo.yaml
 	$(VENV)/bin/rshape plot runs/sweep_demo
+
+rm-demo: install
+	$(PY) -m pip install -q -e ".[rm]"
+	test -f runs/rm_tiny/model/rm_meta.json || HF_HUB_OFFLINE=1 $(VENV)/bin/rshape train-rm recipes/rm_tiny.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape rl recipes/rl_with_rm.yaml output_dir=runs/rl_with_rm-$$(date +%Y%m%d-%H%M%S)
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

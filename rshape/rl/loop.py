@@ -368,6 +368,10 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                        "optim/lr": scheduler.get_last_lr()[0],
                        "perf/step_time": dt, "perf/gen_time": t_gen,
                        "perf/tokens_per_s": int(ro.lengths.sum()) / max(dt, 1e-9)}
+            for wc in rewards.components:  # e.g. an RM ensemble's member disagreement
+                extra = getattr(wc.component, "last_metrics", None)
+                if callable(extra):
+                    metrics.update({f"reward/{wc.name}/{k}": v for k, v in extra().items()})
             metrics.update(sampler.metrics())
             metrics["rollout/max_new_tokens"] = batch.max_new_tokens
             sampler.report(step, metrics)  # stage promotion reads the step's metrics
