@@ -154,8 +154,9 @@ class AlgorithmConfig(Section):
     """Update passes over each batch of rollouts."""
     minibatches: int = Field(1, gt=0)
     """Optimizer steps per pass (the batch of B·G completions is split into this many)."""
-    logprob_chunk: int = Field(16, gt=0)
-    """Rows per chunk when computing token log-probs, bounding the full-vocabulary float32 memory."""
+    logprob_chunk: int | None = Field(16, gt=0)
+    """Rows per chunk when computing token log-probs (bounds the full-vocabulary float32 logits in memory);
+    null = as many rows as keep one chunk's logits under 2^25 floats (128 MB; slower on a CPU for tiny models)."""
 
 
 class OptimConfig(Section):

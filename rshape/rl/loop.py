@@ -31,7 +31,7 @@ from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import RewardBatch, build_rewards
 from rshape.rl.advantages import ADVANTAGES, AdvantageInputs, estimator_needs
 from rshape.rl.context import LoopContext, batch_from_rollouts
-from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, token_logprobs
+from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, rows_per_chunk, token_logprobs
 from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.runs import (
@@ -186,7 +186,7 @@ def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe
             mb = ro.select(mb_rows)
             num_tokens = mb.num_tokens
             optimizer.zero_grad(set_to_none=True)
-            for chunk_rows in torch.arange(len(mb_rows)).split(algo.logprob_chunk):
+            for chunk_rows in torch.arange(len(mb_rows)).split(rows_per_chunk(model, mb, algo.logprob_chunk)):
                 part = mb.select(chunk_rows)
                 rows = mb_rows[chunk_rows]
                 logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids,

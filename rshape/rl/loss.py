@@ -37,10 +37,23 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bo
     return logp, entropy
 
 
-def token_logprobs(model: torch.nn.Module, rollouts: Rollouts, temperature: float = 1.0, chunk: int = 16,
+LOGIT_BUDGET = 1 << 25  # float32 logits per chunk when the recipe does not fix the chunk size
+
+
+def rows_per_chunk(model: torch.nn.Module, rollouts: Rollouts, chunk: int | None) -> int:
+    """`chunk`, or the most rows whose [rows, P+T, V] logits stay under LOGIT_BUDGET floats."""
+    if chunk:
+        return chunk
+    vocab = model.get_output_embeddings().weight.shape[0]
+    width = rollouts.prompt_ids.shape[1] + rollouts.completion_ids.shape[1]
+    return max(1, LOGIT_BUDGET // max(1, width * vocab))
+
+
+def token_logprobs(model: torch.nn.Module, rollouts: Rollouts, temperature: float = 1.0, chunk: int | None = None,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) for every completion token, computed `chunk` rows at a time. → [N, T] (and entropy)."""
     n = rollouts.completion_ids.shape[0]
+    chunk = rows_per_chunk(model, rollouts, chunk)
     lps, ents = [], []
     for start in range(0, n, chunk):
         part = rollouts.select(torch.arange(start, min(n, start + chunk)))
