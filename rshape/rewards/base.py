@@ -82,3 +82,14 @@ class RewardComponent(BaseModel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict returned."""
+
+
+def compiled_regex(value: str) -> str:
+    """Pydantic validator body: the value must compile as a regular expression."""
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value

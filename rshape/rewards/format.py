@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import RewardBatch, RewardComponent, compiled_regex
 
 THINK_ANSWER = r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
 
@@ -28,14 +28,7 @@ class Format(RewardComponent):
     pattern: str = THINK_ANSWER
     """Regular expression the whole completion must match."""
 
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return v
+    _compiles = field_validator("pattern")(classmethod(lambda cls, v: compiled_regex(v)))
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         rx = re.compile(self.pattern, re.DOTALL)

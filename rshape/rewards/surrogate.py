@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import RewardBatch, RewardComponent, compiled_regex
 
 _ANSWER_GREEDY = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
 _PARENS = re.compile(r"\\\((.*?)\\\)", re.DOTALL)
@@ -107,14 +107,7 @@ class FormatLength(RewardComponent):
     validate_answer: bool = True
     """Require the parsed answer to read as a math expression (code: val_by_sympy); False: any non-empty answer."""
 
-    @field_validator("think_pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return v
+    _compiles = field_validator("think_pattern")(classmethod(lambda cls, v: compiled_regex(v)))
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         lmax = self.max_length or batch.max_new_tokens

@@ -24,6 +24,7 @@ import torch
 
 from rshape.models import resolve_device, resolve_dtype
 from rshape.recipe import recipe_to_yaml
+from rshape.rl.loop import lr_factor
 from rshape.rm.data import RMData, load_rm_data
 from rshape.rm.evaluate import best_of_n, evaluate_pairs, evaluate_scored, pair_inputs, pairs_report
 from rshape.rm.losses import bradley_terry_loss, regression_loss
@@ -44,20 +45,6 @@ from rshape.rm.modeling import (
 )
 from rshape.rm.recipe import RMRecipe
 from rshape.runs import JsonlWriter, RunDirError, manifest, write_json
-
-
-def _lr_factor(schedule: str, warmup: int, total: int):
-    def f(s: int) -> float:
-        if warmup and s < warmup:
-            return (s + 1) / warmup
-        progress = min(1.0, (s - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return f
 
 
 def _scalar_metrics(m: dict[str, Any], prefix: str = "eval/") -> dict[str, Any]:
@@ -137,7 +124,7 @@ def train_member(recipe: RMRecipe, data: RMData, member: int, out_dir: Path, dev
     steps = recipe.train.steps or max(1, math.ceil(recipe.train.epochs * N / B))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, steps))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     max_len = recipe.model.max_length

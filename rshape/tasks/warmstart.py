@@ -1,6 +1,6 @@
 """The built-in warm-started policy: a tiny Llama taught the addition world's trace mixture by SFT.
 
-`build_warmstart` random-initialises a ~0.6M-parameter Llama over the character tokenizer and
+`build_warmstart` random-initialises a ~0.66M-parameter Llama over the character tokenizer and
 fine-tunes it on freshly sampled train-split problems (1-4 digits), drawing each example's trace
 mode from a mixture (see `rshape.tasks.arithmetic.make_trace`). The mixture is chosen so that the
 resulting policy gives every reward something to shape:
@@ -35,23 +35,25 @@ from rshape.tasks.arithmetic import TRACE_MODES, addition_task, make_prompt, mak
 from rshape.tasks.base import Task
 from rshape.tasks.tokenizer import build_char_tokenizer
 
-DEFAULT_MODE_MIX: dict[str, float] = {"overthink": 0.5, "full": 0.3, "direct": 0.12, "malformed": 0.08}
+DEFAULT_MODE_MIX: dict[str, float] = {"overthink": 0.55, "full": 0.27, "direct": 0.11, "malformed": 0.07}
 DEFAULT_DIFFICULTIES = (1, 2, 3, 4)
+# 1-digit problems are cheap and the only ones where a direct answer can be learnt (by heart)
+DEFAULT_DIFFICULTY_WEIGHTS = (2.0, 1.5, 2.0, 2.5)
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-addition"
 
 _STRUCTURE_RE = re.compile(r"^<think>.*</think><answer>.*</answer>$", re.DOTALL)
 
 
 def tiny_llama_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
-    """A ~0.6M-parameter Llama: hidden 128, 3 layers, 4 heads, MLP 384, context 256, tied embeddings.
+    """A ~0.66M-parameter Llama: hidden 128, 4 layers, 4 heads, MLP 256, context 256, tied embeddings.
 
     `overrides` replace any `LlamaConfig` field (e.g. `num_hidden_layers=4`).
     """
     kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=3,
+        intermediate_size=256,
+        num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
@@ -295,8 +297,8 @@ def format_table(stats: dict[str, Any]) -> str:
 def build_warmstart(
     out_dir: str | Path,
     seed: int = 0,
-    steps: int = 700,
-    batch_size: int = 64,
+    steps: int = 900,
+    batch_size: int = 32,
     lr: float = 3e-3,
     mode_mix: dict[str, float] | None = None,
     device: str | torch.device = "cpu",
@@ -316,17 +318,22 @@ def build_warmstart(
 ) -> dict[str, Any]:
     """Random-init the tiny Llama, SFT it on the trace mixture, save it to `out_dir`.
 
-    Problems are drawn fresh each step from the train split of `difficulties` (weighted by
-    `difficulty_weights`, uniform by default), each with a trace mode drawn from `mode_mix`; the loss is on the completion
-    (trace + EOS) only. Writes the model, the tokenizer and `warmstart.json` (build parameters,
-    training time, final loss and, if `measure`, the `measure_policy` stats on the eval split of
-    `addition_task(difficulties, eval_per_difficulty=...)`). Deterministic for a given seed and
-    device. Returns the `warmstart.json` content.
+    Problems are drawn fresh each step from the train split of `difficulties`, weighted by
+    `difficulty_weights` (None: `DEFAULT_DIFFICULTY_WEIGHTS` for the default difficulties, else
+    uniform), each with a trace mode drawn from `mode_mix` (None: `DEFAULT_MODE_MIX`); the loss
+    is on the completion (trace + EOS) only. Writes the model, the tokenizer and
+    `warmstart.json` (build parameters, training time, final loss and, if `measure`, the
+    `measure_policy` stats on the eval split of `addition_task(difficulties,
+    eval_per_difficulty=...)`). Deterministic for a given seed, device and torch thread count.
+    Returns the `warmstart.json` content.
     """
     t0 = time.time()
     mix = _normalise_mix(dict(mode_mix) if mode_mix is not None else DEFAULT_MODE_MIX)
     difficulties = tuple(difficulties)
-    difficulty_weights = tuple(difficulty_weights) if difficulty_weights is not None else (1.0,) * len(difficulties)
+    if difficulty_weights is None:
+        difficulty_weights = (DEFAULT_DIFFICULTY_WEIGHTS if difficulties == DEFAULT_DIFFICULTIES
+                              else (1.0,) * len(difficulties))
+    difficulty_weights = tuple(float(w) for w in difficulty_weights)
     if len(difficulty_weights) != len(difficulties):
         raise ValueError("difficulty_weights must have one weight per difficulty")
     out_dir = Path(out_dir)
@@ -401,8 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Build the tiny-addition warm-start policy and print its stats.")
     ap.add_argument("--out", default=str(ASSET_DIR), help="output directory (default: the shipped asset)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=700)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--mode-mix", default=None,
                     help='JSON weights, e.g. \'{"overthink": 0.5, "full": 0.3, "direct": 0.12, "malformed": 0.08}\'')
