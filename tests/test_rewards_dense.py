@@ -592,8 +592,8 @@ def test_recipes_validate(name, monkeypatch):
     data = yaml.safe_load(text)
     assert data["output_dir"] == f"runs/{name}"
     quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
-    assert {k: v for k, v in data.items() if k not in ("rewards", "output_dir")} == \
-        {k: v for k, v in quick.items() if k not in ("rewards", "output_dir")}
+    same = ("model", "task", "rollout", "algorithm", "optim")  # the quickstart world; train length may differ
+    assert {k: data[k] for k in same} == {k: quick[k] for k in same}
     ours = {**DENSE, **TEXT}
     entries = [spec for spec in data["rewards"].values() if spec.get("type") in ours]
     assert entries
