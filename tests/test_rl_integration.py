@@ -285,3 +285,18 @@ def test_resume_of_a_finished_run_is_refused(random_model_dir, tmp_path):
     train(tiny_recipe(random_model_dir, tmp_path / "done", steps=2))
     with pytest.raises(RunDirError, match="already trained 2 steps"):
         train(tiny_recipe(random_model_dir, tmp_path / "done", steps=2), resume=True)
+
+
+def test_hapo_history_survives_checkpoint_and_resume(tmp_path):
+    """HAPO's per-prompt history is saved in checkpoints and restored: resumed == straight, history non-empty."""
+    over = {"model.name": "builtin:tiny-addition", "rewards": {"hapo": {"type": "hapo", "weight": 1.0}},
+            "task.difficulties": [1], "task.train_per_difficulty": 6, "rollout.max_new_tokens": 40}
+    train(tiny_recipe(None, tmp_path / "straight", steps=4, **over))
+    train(tiny_recipe(None, tmp_path / "split", steps=2, **over))
+    state = torch.load(tmp_path / "split" / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+    assert state["reward_state"]["hapo"], "the built-in policy answers 1-digit sums: HAPO must have history"
+    train(tiny_recipe(None, tmp_path / "split", steps=4, **over), resume=True)
+    a = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+    assert comparable(a) == comparable(b)
+    assert any(m["reward/hapo/raw"] != m["accuracy"] for m in a[2:])  # the length term is active after step 2
