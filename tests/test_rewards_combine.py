@@ -132,3 +132,26 @@ def test_multiplier_negative_value_overrides_total():
     assert rs.score(b).total.tolist() == [1.0, -0.5, 0.0, -0.5]
     with pytest.raises(RewardConfigError, match="use combine: multiply"):
         build_rewards({"stop": {"type": "stop_properly", "combine": "add"}})
+
+
+def test_constraint_lagrange_multiplier_by_hand():
+    """at_least 0.75 on correctness: λ grows by η·(θ − mean) while the mean is below θ, never below 0."""
+    rs = build_rewards({"format": {"weight": 1.0},
+                        "correctness": {"constraint": {"at_least": 0.75, "lr": 2.0, "initial": 0.1}}})
+    b = batch(correct=(1, 0, 1, 0))  # mean correctness 0.5
+    s = rs.score(b)
+    assert s.total.tolist() == pytest.approx([1.0 + 0.1, 0.0, 0.1, 0.0])  # format [1,0,0,0] + λ·c with λ = 0.1
+    rs.update_multipliers(s.raw)
+    assert rs.components[1].constraint.value == pytest.approx(0.1 + 2.0 * (0.75 - 0.5))
+    state = rs.state_dict()
+    again = build_rewards({"format": {"weight": 1.0},
+                           "correctness": {"constraint": {"at_least": 0.75, "lr": 2.0, "initial": 0.1}}})
+    again.load_state_dict(state)
+    assert again.components[1].constraint.value == pytest.approx(0.6)
+    rs.update_multipliers({"format": s.raw["format"], "correctness": torch.ones(4)})  # mean 1 > θ: λ shrinks
+    assert rs.components[1].constraint.value == pytest.approx(0.6 - 0.5)
+    upper = build_rewards({"length": {"constraint": {"at_most": 0.0, "lr": 1.0, "initial": 1.0}}})
+    s = upper.score(batch())
+    assert s.total.tolist() == pytest.approx([-0.5, 0.0, 1 / 6, 0.5])  # −λ·kimi with λ = 1
+    with pytest.raises(RewardConfigError, match="expected"):
+        build_rewards({"correctness": {"constraint": {"above": 1}}})

@@ -300,3 +300,10 @@ def test_hapo_history_survives_checkpoint_and_resume(tmp_path):
     b = read_jsonl(tmp_path / "split" / "metrics.jsonl")
     assert comparable(a) == comparable(b)
     assert any(m["reward/hapo/raw"] != m["accuracy"] for m in a[2:])  # the length term is active after step 2
+
+
+def test_constrained_reward_multiplier_moves_in_the_loop(random_model_dir, tmp_path):
+    over = {"rewards": {"format": {"weight": 0.2}, "correctness": {"constraint": {"at_least": 0.5, "lr": 1.0}}}}
+    train(tiny_recipe(random_model_dir, tmp_path / "c", steps=3, **over))
+    lam = [m["reward/correctness/lagrange"] for m in read_jsonl(tmp_path / "c" / "metrics.jsonl")]
+    assert lam[0] == 0.0 and lam[1] == pytest.approx(0.5) and lam[2] == pytest.approx(1.0)  # a random model is never right

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from rshape.registry import Registry, UnknownName, load_dotted
 from rshape.rewards.base import RewardBatch, RewardComponent
-from rshape.rewards.combine import RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
+from rshape.rewards.combine import Constraint, RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
 from rshape.rewards.user import UserFunction, UserRewardError
 from rshape.schedules import SCHEDULE_KINDS, _Schedule, is_schedule, parse_schedule
 
@@ -24,7 +24,7 @@ for _module in FAMILY_MODULES:
 
 # Entry names that imply a type when `type` is not given: `length:` means the Kimi reward.
 DEFAULT_TYPE = {"length": "kimi_length"}
-RESERVED_KEYS = ("type", "weight", "combine", "gate")
+RESERVED_KEYS = ("type", "weight", "combine", "gate", "constraint")
 
 __all__ = ["REWARDS", "RewardBatch", "RewardComponent", "RewardConfigError", "RewardRuntimeError", "RewardScores",
            "RewardSet", "UserRewardError", "build_rewards"]
@@ -152,8 +152,23 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
                 problems.append(((*where, "gate", "on"), f"must name another entry of rewards, got {gate['on']!r}"))
             else:
                 gate_on, gate_threshold = str(gate["on"]), float(gate.get("threshold", 0.0))
+        constraint = None
+        spec_c = spec.get("constraint")
+        if spec_c is not None:
+            bounds = [b for b in ("at_least", "at_most") if isinstance(spec_c, Mapping) and b in spec_c]
+            extra = set(spec_c) - {"at_least", "at_most", "lr", "initial"} if isinstance(spec_c, Mapping) else {"?"}
+            if len(bounds) != 1 or extra or combine != "add":
+                problems.append(((*where, "constraint"), "expected {at_least: θ} or {at_most: θ}, optional lr and initial, "
+                                 "on an added component"))
+            else:
+                init = float(spec_c.get("initial", 0.0))
+                constraint = Constraint(bound=bounds[0], threshold=float(spec_c[bounds[0]]), lr=float(spec_c.get("lr", 0.1)),
+                                        initial=init, value=init)
+                if constraint.lr <= 0 or init < 0:
+                    problems.append(((*where, "constraint"), "lr must be > 0 and initial ≥ 0"))
         parts.append(WeightedComponent(name=name, weight=weight, component=component, combine=combine, gate_on=gate_on,
-                                       gate_threshold=gate_threshold, scheduled_params=scheduled, type_name=type_name))
+                                       gate_threshold=gate_threshold, scheduled_params=scheduled, type_name=type_name,
+                                       constraint=constraint))
     if mode == "normalize_then_sum" and any(p.combine == "multiply" for p in parts):
         problems.append((("reward_combine",), "normalize_then_sum cannot be used with multiplicative components"))
     if problems:

@@ -4,6 +4,8 @@ Each entry of a recipe's `rewards:` becomes a `WeightedComponent`:
 - `combine: add` (default): contributes weight·raw to the sum (NaN "not applicable" contributes 0);
 - `gate: {on: NAME, threshold: Δ}`: an added component counts only where component NAME's raw value
   is ≥ Δ (G-RA: R = r_high + Σ 1[r_high ≥ Δ]·r_low), e.g. a length bonus only for correct answers;
+- `constraint: {at_least | at_most: θ, lr: η}`: the weight is a Lagrange multiplier that keeps the
+  component's batch mean above / below θ (Constrained RLHF; see `Constraint`);
 - `combine: multiply`: the sum of the added components r becomes r·v where v ≥ 0 and v where v < 0
   (CaRL-style multipliers; ProRL's stop-properly override); NaN leaves r unchanged; the weight stays 1.
 The weight and any parameter may be a schedule of the step (rshape.schedules).
@@ -31,11 +33,34 @@ class RewardRuntimeError(Exception):
 
 
 @dataclass
+class Constraint:
+    """Constrained RLHF (Moskovitz et al., arXiv 2310.04373; METHODS.md §5): the component's weight is a
+    Lagrange multiplier λ ≥ 0, updated once per step by projected gradient ascent on the constraint:
+
+        at_least θ:  contribution +λ·r,  λ ← max(0, λ + η·(θ − mean r))   (λ grows while the mean is below θ)
+        at_most θ:   contribution −λ·r,  λ ← max(0, λ + η·(mean r − θ))   (λ grows while the mean is above θ)
+
+    λ starts at `initial` and is saved in checkpoints with the reward state.
+    """
+
+    bound: Literal["at_least", "at_most"]
+    threshold: float
+    lr: float = 0.1
+    initial: float = 0.0
+    value: float = 0.0  # the current multiplier λ
+
+    def update(self, mean: float) -> None:
+        gap = self.threshold - mean if self.bound == "at_least" else mean - self.threshold
+        self.value = max(0.0, self.value + self.lr * gap)
+
+
+@dataclass
 class WeightedComponent:
     name: str  # the recipe entry name; also the metric key
     weight: float | _Schedule
     component: RewardComponent
     combine: Literal["add", "multiply"] = "add"
+    constraint: Constraint | None = None  # a Lagrange multiplier replaces the fixed weight
     gate_on: str | None = None
     gate_threshold: float = 0.0
     scheduled_params: dict[str, _Schedule] = field(default_factory=dict)
@@ -92,12 +117,24 @@ class RewardSet:
         return any(wc.component.needs_entropies for wc in self.components)
 
     def state_dict(self) -> dict[str, Any]:
-        return {wc.name: wc.component.state_dict() for wc in self.components}
+        state: dict[str, Any] = {wc.name: wc.component.state_dict() for wc in self.components}
+        state["_lagrange"] = {wc.name: wc.constraint.value for wc in self.components if wc.constraint}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for wc in self.components:
             if wc.name in state:
                 wc.component.load_state_dict(state[wc.name])
+            if wc.constraint and wc.name in state.get("_lagrange", {}):
+                wc.constraint.value = state["_lagrange"][wc.name]
+
+    def update_multipliers(self, raws: dict[str, torch.Tensor]) -> None:
+        """After a step's combination: move every Lagrange multiplier (constrained components)."""
+        for wc in self.components:
+            if wc.constraint is not None:
+                vals = raws[wc.name][~torch.isnan(raws[wc.name])]
+                if vals.numel():
+                    wc.constraint.update(vals.mean().item())
 
     def _raw(self, wc: WeightedComponent, batch: RewardBatch) -> torch.Tensor:
         n = len(batch.completions)
@@ -130,6 +167,9 @@ class RewardSet:
             raw = raws[wc.name]
             applicable = ~torch.isnan(raw)
             w = wc.weight_at(step)
+            if wc.constraint is not None:
+                w = wc.constraint.value if wc.constraint.bound == "at_least" else -wc.constraint.value
+                metrics[f"reward/{wc.name}/lagrange"] = wc.constraint.value
             vals = raw[applicable]
             metrics[f"reward/{wc.name}/raw"] = vals.mean().item() if vals.numel() else float("nan")
             metrics[f"reward/{wc.name}/raw_std"] = vals.std(unbiased=False).item() if vals.numel() else float("nan")

@@ -346,6 +346,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             t_gen = time.perf_counter() - t0
             correct = batch.correct  # [N]
             scores = rewards.combine(raws, step, G)
+            rewards.update_multipliers(raws)  # constrained components: λ moves after it is used
             seq_stats = sequence_stats(policy, ro, recipe, estimator_needs(advantage_fn, recipe.algorithm.advantage_params))
             advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
                           else advantage_fn(AdvantageInputs(
