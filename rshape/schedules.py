@@ -24,7 +24,7 @@ class _Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     def __call__(self, t: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define __call__")
 
 
 class Constant(_Schedule):

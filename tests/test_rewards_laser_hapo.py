@@ -42,7 +42,7 @@ class FakeContext:
         return self.batches.pop(0)
 
     def logprobs(self, prompts, completion_ids):  # pragma: no cover - unused here
-        raise NotImplementedError
+        raise AssertionError("laser_d must not need the policy's log-probs")
 
 
 # =========================================================================== transcriptions of hkust-nlp/Laser

@@ -82,7 +82,7 @@ class DifficultyTracker:
 
     # -------------------------------------------------------------- difficulty
     def pass_rate(self, problem: Problem) -> float | None:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define pass_rate")
 
     def bucket(self, problem: Problem) -> str | None:
         rate = self.pass_rate(problem)

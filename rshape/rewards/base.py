@@ -74,7 +74,7 @@ class RewardComponent(BaseModel):
     needs_entropies: ClassVar[bool] = False  # ask the rollout for per-token sampling entropies
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must define __call__")
+        raise TypeError(f"{type(self).__name__} must define __call__")
 
     def state_dict(self) -> dict[str, Any]:
         """Persistent state (e.g. per-prompt history), saved in checkpoints. Stateless by default."""
