@@ -305,7 +305,7 @@ def test_ctrl_c_stops_children_and_leaves_a_resumable_state(tmp_path):
     t0 = time.time()
     with pytest.raises(SweepInterrupted):
         run_sweep(load_sweep(f), command=fake_command(behaviours, []))
-    assert time.time() - t0 < 30
+    assert time.time() - t0 < 100  # liveness, not speed: the slow trials sleep 120 s, so they were stopped
     assert statuses(out) == {"lr=0.001,seed=0": "interrupted", "lr=0.002,seed=0": "interrupted",
                              "lr=0.003,seed=0": "pending"}
     for name in behaviours:  # the children are gone
@@ -467,4 +467,4 @@ def test_orphan_of_a_killed_driver_is_stopped_before_the_retry(tmp_path):
     t0 = time.time()
     assert run_sweep(sw, command=fake_command({}, launched)).ok
     assert orphan.wait(timeout=5) == -signal.SIGTERM and launched == [(trial.name, False)]
-    assert time.time() - t0 < 8
+    assert time.time() - t0 < 100  # liveness, not speed: the orphan sleeps 120 s, so it was stopped
