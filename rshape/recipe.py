@@ -194,8 +194,8 @@ class EvalConfig(Section):
     """Prompts per generation batch during eval."""
 
 
-class Recipe(Section):
-    """The whole `rshape rl` recipe."""
+class RunSettings(Section):
+    """Run-level keys shared by every command's recipe (`rl`, `train-rm`)."""
 
     seed: int = 0
     """Seeds initialisation, data order and every sampled token."""
@@ -207,6 +207,11 @@ class Recipe(Section):
     """Parameter dtype: `auto` is bfloat16 on a GPU that supports it, else float32."""
     threads: int | None = None
     """torch CPU threads (default: torch's own choice)."""
+
+
+class Recipe(RunSettings):
+    """The whole `rshape rl` recipe."""
+
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()

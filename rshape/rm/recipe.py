@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 from rshape.recipe import (
     LoraConfig,
     RecipeError,
+    RunSettings,
     Section,
     _format_errors,
     apply_override,
@@ -179,19 +180,13 @@ class RMEvalConfig(Section):
     """best-of-N: sampling temperature."""
 
 
-class RMRecipe(Section):
+class RMRecipe(RunSettings):
     """The whole `rshape train-rm` recipe."""
 
     seed: int = 0
     """Seeds initialisation, data order, bootstrap resampling and best-of-N sampling."""
     output_dir: str = "runs/rm"
     """Run directory: recipe.yaml, manifest.json, metrics.jsonl, eval_report.json and model/ (the export)."""
-    device: str = "auto"
-    """`auto` (cuda when present, else cpu), `cpu`, `cuda`, `cuda:1`..."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Parameter dtype: `auto` is bfloat16 on a GPU that supports it, else float32."""
-    threads: int | None = None
-    """torch CPU threads (default: torch's own choice)."""
     model: RMModelConfig = RMModelConfig()
     data: RMDataConfig = RMDataConfig()
     loss: RMLossConfig = RMLossConfig()
