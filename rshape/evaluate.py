@@ -13,14 +13,15 @@ from rshape.tasks.base import Task
 
 
 def greedy_eval(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task, *,
-                max_new_tokens: int, batch_size: int = 64, device: torch.device | None = None
+                max_new_tokens: int, batch_size: int = 64, device: torch.device | None = None, decoder: str = "auto"
                 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """→ (metrics `eval/accuracy`, `eval/length`, `eval/accuracy/difficulty_d`, ..., per-problem records)."""
+    """→ (metrics `eval/accuracy`, `eval/length`, `eval/accuracy/difficulty_d`, ..., per-problem records).
+    decoder: `auto` / `fast` / `hf` (rshape.rl.rollout.stepper)."""
     records = []
     for start in range(0, len(task.eval), batch_size):
         problems = task.eval[start: start + batch_size]
         ro = rollout(model, tokenizer, problems, group_size=1, max_new_tokens=max_new_tokens, keys=None,
-                     system_prompt=task.system_prompt, device=device)
+                     system_prompt=task.system_prompt, device=device, decoder=decoder)
         for p, text, n, trunc in zip(problems, ro.texts, ro.lengths.tolist(), ro.truncated.tolist()):
             records.append({"id": p.id, "difficulty": p.difficulty, "correct": bool(task.verify(text, p)),
                             "length": n, "truncated": trunc, "completion": text})

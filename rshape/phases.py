@@ -176,7 +176,7 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
         m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens, batch_size=recipe.eval.batch_size,
-                           device=device)
+                           device=device, decoder=recipe.rollout.decoder)
         model.train()
         eval_log.write({"step": step, **m})
         return m

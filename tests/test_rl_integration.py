@@ -103,6 +103,9 @@ def test_qlora_base_frozen_adapters_train(tmp_path):
     policy = load_policy(cfg, torch.device("cpu"), torch.float32)
     four_bit = [m for m in policy.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit, "no 4-bit layers were loaded"
+    from rshape.rl.fast_decode import fast_decoder
+
+    assert "4-bit" in fast_decoder(policy.model)  # generation falls back to the model's forward (no dequantising)
     lora_names = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert lora_names and all("lora_" in n for n in lora_names)
     recipe = tiny_recipe(random_model_dir, tmp_path / "q", steps=2, **{"model.load_in_4bit": True})

@@ -97,3 +97,41 @@ def test_training_logprobs_match_generation_logits(model_and_tok):
         want = full[P - 1 + t, ro.completion_ids[0, t]].item()
         assert lp[0, t].item() == pytest.approx(want, abs=1e-4)
     assert math.isfinite(lp[ro.completion_mask].sum().item())
+
+
+def test_trimmed_drops_only_all_padding_columns():
+    from rshape.rl.rollout import Rollouts
+
+    ro = Rollouts(problems=[None, None], prompt_ids=torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]),
+                  prompt_mask=torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+                  completion_ids=torch.tensor([[3, 1, 0, 0, 0], [4, 4, 1, 0, 0]]),
+                  completion_mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool),
+                  lengths=torch.tensor([1, 2]), truncated=torch.tensor([False, False]), texts=["", ""], group_size=2)
+    t = ro.trimmed()
+    assert t.prompt_ids.tolist() == [[0, 5, 6], [7, 8, 9]] and t.prompt_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert t.completion_ids.tolist() == [[3, 1, 0], [4, 4, 1]] and t.completion_mask.shape == (2, 3)
+    assert t.trimmed() is t  # nothing left to drop
+
+
+def test_logprobs_do_not_depend_on_chunking_or_trimming(model_and_tok):
+    """Length-sorted, trimmed chunks give each row the log-probs of its own untrimmed forward; 0 past its end."""
+    from rshape.rl.loss import completion_logits, gather_logprobs
+
+    model, tok = model_and_tok
+    problems = [Problem(id=str(i), prompt=p, answer="0") for i, p in enumerate(["1+2=?\n", "12345+678=?\n", "9+9=?\n"])]
+    keys = sample_keys(0, 0, [p.id for p in problems for _ in range(2)], [0, 1] * 3)
+    ro = rollout(model, tok, problems, group_size=2, max_new_tokens=12, keys=keys)
+    eos = tok.eos_token_id
+    cut = torch.tensor([2, 12, 5, 0, 9, 7])  # give the rows very different lengths: EOS at these positions
+    ids = ro.completion_ids.clone()
+    ids = torch.nn.functional.pad(ids, (0, 12 - ids.shape[1]), value=3)
+    ids[ids == eos] = 3
+    idx = torch.arange(12)[None]
+    ids = torch.where(idx == cut[:, None], eos, torch.where(idx > cut[:, None], tok.pad_token_id, ids))
+    ro.completion_ids, ro.completion_mask = ids, idx <= cut[:, None]
+    with torch.no_grad():
+        want, _ = gather_logprobs(completion_logits(model, ro), ro.completion_ids)  # one untrimmed forward
+        for chunk in (1, 2, 4, 6):
+            got, _ = token_logprobs(model, ro, chunk=chunk)
+            torch.testing.assert_close(got[ro.completion_mask], want[ro.completion_mask], atol=1e-5, rtol=1e-5)
+            assert (got[~ro.completion_mask] == 0).all()

@@ -63,5 +63,5 @@ class LoopContext:
                            [g for _ in problems for g in range(group_size)])
         ro = rollout(self.model, self.tokenizer, problems, group_size=group_size, max_new_tokens=cfg.max_new_tokens,
                      keys=keys, temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=self.task.system_prompt,
-                     device=self.device)
+                     device=self.device, decoder=cfg.decoder)
         return batch_from_rollouts(ro, self.task, self.step, cfg.max_new_tokens)

@@ -31,7 +31,14 @@ from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import RewardBatch, build_rewards
 from rshape.rl.advantages import ADVANTAGES, AdvantageInputs, estimator_needs
 from rshape.rl.context import LoopContext, batch_from_rollouts
-from rshape.rl.loss import clipped_policy_loss, completion_logits, gather_logprobs, rows_per_chunk, token_logprobs
+from rshape.rl.loss import (
+    clipped_policy_loss,
+    completion_logits,
+    gather_logprobs,
+    length_sorted_chunks,
+    rows_per_chunk,
+    token_logprobs,
+)
 from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.runs import (
@@ -113,7 +120,7 @@ def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.d
                                    [g for _ in chunk for g in range(k)])
                 ro = rollout(model, tokenizer, chunk, group_size=k, max_new_tokens=recipe.rollout.max_new_tokens,
                              keys=keys, temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p,
-                             system_prompt=task.system_prompt, device=device)
+                             system_prompt=task.system_prompt, device=device, decoder=recipe.rollout.decoder)
                 ok = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)]).view(-1, k)
                 rates += ok.mean(1).tolist()
         model.train(was_training)
@@ -186,17 +193,17 @@ def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe
             mb = ro.select(mb_rows)
             num_tokens = mb.num_tokens
             optimizer.zero_grad(set_to_none=True)
-            for chunk_rows in torch.arange(len(mb_rows)).split(rows_per_chunk(model, mb, algo.logprob_chunk)):
-                part = mb.select(chunk_rows)
-                rows = mb_rows[chunk_rows]
+            for chunk_rows in length_sorted_chunks(mb, rows_per_chunk(model, mb, algo.logprob_chunk)):
+                part = mb.select(chunk_rows).trimmed()  # similar lengths, padding-only columns dropped
+                rows, width = mb_rows[chunk_rows], part.completion_ids.shape[1]
                 logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids,
-                                            with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, T]
+                                            with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, t]
                 mask = part.completion_mask
                 terms = clipped_policy_loss(
-                    logp, old_logp[rows] if reuse else logp.detach(), advantages[rows], mask,
+                    logp, old_logp[rows, :width] if reuse else logp.detach(), advantages[rows], mask,
                     clip_low=algo.clip_low, clip_high=algo.clip_high, agg=algo.loss_agg,
                     num_sequences=len(mb_rows), num_tokens=num_tokens, max_len=recipe.rollout.max_new_tokens,
-                    ratio_level=algo.ratio_level, ref_logp=ref_logp[rows] if ref_logp is not None else None,
+                    ratio_level=algo.ratio_level, ref_logp=ref_logp[rows, :width] if ref_logp is not None else None,
                     kl_beta=algo.kl_beta, entropy=ent, entropy_coef=algo.entropy_coef)
                 terms.loss.backward()
                 for k in ("loss", "policy", "kl"):
@@ -275,7 +282,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
         model.eval()
         with torch.no_grad():
             m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens,
-                               batch_size=recipe.eval.batch_size, device=device)
+                               batch_size=recipe.eval.batch_size, device=device, decoder=recipe.rollout.decoder)
         model.train()
         eval_log.write({"step": step, **m})
         return m
@@ -306,7 +313,8 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                            [g for _ in problems for g in range(G)])  # [B·G]
         ro = rollout(model, tokenizer, problems, group_size=G, max_new_tokens=limit,
                      keys=keys, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                     system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies)
+                     system_prompt=task.system_prompt, device=device, with_entropies=rewards.needs_entropies,
+                     decoder=rollout_cfg.decoder)
         batch = batch_from_rollouts(ro, task, step, limit, context=context, schedule=schedule_values)
         sampler.observe([p.id for p in problems], batch.correct.view(-1, G).mean(1).tolist(), step)  # before any filtering
         return ro, batch, rewards.raw_scores(batch)

@@ -49,18 +49,29 @@ def rows_per_chunk(model: torch.nn.Module, rollouts: Rollouts, chunk: int | None
     return max(1, LOGIT_BUDGET // max(1, width * vocab))
 
 
+def length_sorted_chunks(rollouts: Rollouts, chunk: int) -> list[torch.Tensor]:
+    """Row indices in chunks of `chunk`, rows ordered by length, so that each chunk, trimmed of the
+    columns that are padding in all its rows (`Rollouts.trimmed`), carries little padding."""
+    total = rollouts.prompt_mask.sum(1) + rollouts.completion_mask.sum(1)
+    return list(torch.argsort(total.cpu(), stable=True).split(chunk))
+
+
 def token_logprobs(model: torch.nn.Module, rollouts: Rollouts, temperature: float = 1.0, chunk: int | None = None,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(token) for every completion token, computed `chunk` rows at a time. → [N, T] (and entropy)."""
-    n = rollouts.completion_ids.shape[0]
-    chunk = rows_per_chunk(model, rollouts, chunk)
-    lps, ents = [], []
-    for start in range(0, n, chunk):
-        part = rollouts.select(torch.arange(start, min(n, start + chunk)))
+    """log π(token) for every completion token, computed `chunk` rows at a time over length-sorted,
+    trimmed chunks. → [N, T] (and entropy [N, T]); 0 outside the completion mask."""
+    n, T = rollouts.completion_ids.shape
+    device = rollouts.completion_ids.device
+    logp = torch.zeros(n, T, device=device)
+    entropy = torch.zeros(n, T, device=device) if with_entropy else None
+    for rows in length_sorted_chunks(rollouts, rows_per_chunk(model, rollouts, chunk)):
+        part = rollouts.select(rows).trimmed()
+        width = part.completion_ids.shape[1]
         lp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids, with_entropy)
-        lps.append(lp)
-        ents.append(ent)
-    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+        logp[rows.to(device), :width] = lp.masked_fill(~part.completion_mask, 0.0)
+        if entropy is not None:
+            entropy[rows.to(device), :width] = ent.masked_fill(~part.completion_mask, 0.0)
+    return logp, entropy
 
 
 @dataclass

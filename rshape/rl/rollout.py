@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from rshape.rl.fast_decode import FastDecoder, fast_decoder
 from rshape.rl.sampling import pick_tokens
 from rshape.tasks.base import Problem
 
@@ -45,40 +47,87 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+DECODERS = ("auto", "fast", "hf")
+
+
+class _ModelStepper:
+    """Prefill + one-token steps through the model's own forward and a DynamicCache (any causal LM)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.cache = {cache_argument(model): DynamicCache()}
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                max_new_tokens: int) -> torch.Tensor:
+        self.mask = attention_mask
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **self.cache)
+        return out.logits[:, -1, :]
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions[:, None],
+                         use_cache=True, **self.cache)
+        return out.logits[:, -1, :]
+
+
+def stepper(model: torch.nn.Module, decoder: str = "auto") -> FastDecoder | _ModelStepper:
+    """The decoder `generate` runs: `fast` (rshape.rl.fast_decode; an error if the model is not supported),
+    `hf` (the model's own forward), or `auto` (fast when supported, else hf)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+    if decoder == "hf":
+        return _ModelStepper(model)
+    fast = fast_decoder(model)
+    if isinstance(fast, FastDecoder):
+        return fast
+    if decoder == "fast":
+        raise ValueError(f"rollout.decoder: fast cannot run this model: {fast}")
+    return _ModelStepper(model)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int, keys: torch.Tensor | None = None,
-             temperature: float = 1.0, top_p: float = 1.0, with_entropies: bool = False
+             temperature: float = 1.0, top_p: float = 1.0, with_entropies: bool = False, decoder: str = "auto"
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Decode up to max_new_tokens per row with a KV cache; greedy when `keys` is None.
 
     input_ids, attention_mask: [R, P] left-padded.  Returns tokens [R, T] (T ≤ max_new_tokens) with
     EOS kept and pad after it, and, if asked, the entropy of the temperature-scaled sampling
-    distribution at each generated token [R, T]. Stops as soon as every row has produced EOS.
+    distribution at each generated token [R, T] (0 after EOS). Stops as soon as every row has produced EOS;
+    the fast decoder also drops finished rows from its batch and cache once a quarter of them are done.
+    A row's tokens depend only on its own prompt and key. `decoder`: see `stepper`.
     """
-    rows = input_ids.shape[0]
-    cache = {cache_argument(model): DynamicCache()}
-    mask = attention_mask
-    pos = positions_from_mask(mask)  # [R, P]
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
-    next_pos = pos[:, -1:] + 1  # [R, 1]
-    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-    tokens, entropies = [], []
+    rows, device = input_ids.shape[0], input_ids.device
+    run = stepper(model, decoder)
+    pos = positions_from_mask(attention_mask)  # [R, P]
+    logits = run.prefill(input_ids, attention_mask, pos, max_new_tokens)  # [r, V] for the r live rows
+    next_pos = pos[:, -1] + 1  # [r]
+    live = torch.arange(rows, device=device)  # original row of each live row
+    done = torch.zeros(rows, dtype=torch.bool, device=device)  # [r]
+    tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    entropies = torch.zeros(rows, max_new_tokens, device=device) if with_entropies else None
+    steps = 0
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1, :]  # [R, V]
-        if with_entropies:
+        steps = t + 1
+        if entropies is not None:
             logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-            entropies.append(-(logp.exp() * logp).sum(-1))
-        tok = pick_tokens(logits, keys, t, temperature, top_p)  # [R]
+            entropies[live, t] = (-(logp.exp() * logp).sum(-1)).masked_fill(done, 0.0)
+        tok = pick_tokens(logits, keys[live.to(keys.device)] if keys is not None else None, t, temperature, top_p)  # [r]
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-        tokens.append(tok)
+        tokens[live, t] = tok
         done |= tok == eos_token_id
-        if bool(done.all()) or t == max_new_tokens - 1:
+        n_done = int(done.sum())
+        if n_done == len(live) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **cache)
+        if hasattr(run, "keep_rows") and 4 * n_done >= len(live):  # drop finished rows once a quarter are done
+            keep = (~done).nonzero().squeeze(1)
+            run.keep_rows(keep)
+            live, next_pos, tok, done = live[keep], next_pos[keep], tok[keep], done[keep]
+        logits = run.step(tok, next_pos)
         next_pos = next_pos + 1
-    return torch.stack(tokens, dim=1), (torch.stack(entropies, dim=1) if with_entropies else None)
+    return tokens[:, :steps], (entropies[:, :steps] if entropies is not None else None)
 
 
 def completion_mask(tokens: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,6 +160,19 @@ class Rollouts:
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
 
+    def trimmed(self) -> Rollouts:
+        """The same rows without the columns that are padding in every row (leading prompt pads, trailing
+        completion pads): a forward over it gives the same log-probs for every real token, on less compute."""
+        prompt_cols = int(self.prompt_mask.any(0).long().argmax()) if self.prompt_mask.any() else self.prompt_mask.shape[1]
+        used = self.completion_mask.any(0)
+        width = int(used.nonzero().max()) + 1 if used.any() else 0
+        if prompt_cols == 0 and width == self.completion_ids.shape[1]:
+            return self
+        return dataclasses.replace(
+            self, prompt_ids=self.prompt_ids[:, prompt_cols:], prompt_mask=self.prompt_mask[:, prompt_cols:],
+            completion_ids=self.completion_ids[:, :width], completion_mask=self.completion_mask[:, :width],
+            entropies=self.entropies[:, :width] if self.entropies is not None else None)
+
     def select(self, rows: torch.Tensor) -> Rollouts:
         """The subset of rows (e.g. a minibatch)."""
         idx = rows.tolist()
@@ -131,8 +193,9 @@ def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: P
 def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
             group_size: int, max_new_tokens: int, keys: torch.Tensor | None, temperature: float = 1.0,
             top_p: float = 1.0, system_prompt: str | None = None, device: torch.device | None = None,
-            with_entropies: bool = False, **_: Any) -> Rollouts:
-    """Generate `group_size` completions for each problem in one batch. keys: [B·G] sampling keys."""
+            with_entropies: bool = False, decoder: str = "auto", **_: Any) -> Rollouts:
+    """Generate `group_size` completions for each problem in one batch. keys: [B·G] sampling keys;
+    decoder: `auto` / `fast` / `hf` (see `stepper`)."""
     device = device or next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
     texts = [render_prompt(p.prompt, tokenizer, system_prompt) for p in rows]
@@ -142,7 +205,7 @@ def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems
     try:
         tokens, entropies = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.pad_token_id, keys=keys, temperature=temperature, top_p=top_p,
-                                     with_entropies=with_entropies)
+                                     with_entropies=with_entropies, decoder=decoder)
     finally:
         model.train(was_training)
     cmask, lengths, truncated = completion_mask(tokens, tokenizer.eos_token_id)

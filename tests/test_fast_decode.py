@@ -1,0 +1,165 @@
+"""The fast decoder computes what the model's own forward computes: logits, sampled and greedy tokens,
+entropies, with LoRA adapters (on and off), left padding, grouped K/V heads, qkv biases and q/k norms,
+and with finished rows dropped mid-generation. Unsupported models fall back or fail clearly."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from rshape.rl.fast_decode import FastDecoder, Unsupported, effective_weight, fast_decoder
+from rshape.rl.rollout import generate, positions_from_mask, stepper
+from rshape.rl.sampling import sample_keys
+
+V = 40
+
+
+def tiny(kind: str, seed: int = 0) -> torch.nn.Module:
+    common = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(seed)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=4)).eval()
+    if kind == "llama_gqa":
+        return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    if kind == "qwen2":  # q/k/v biases
+        return Qwen2ForCausalLM(Qwen2Config(**common, num_key_value_heads=2)).eval()
+    if kind == "qwen3":  # q/k RMSNorm on the head dimension
+        return Qwen3ForCausalLM(Qwen3Config(**common, num_key_value_heads=2, head_dim=8)).eval()
+    raise ValueError(kind)
+
+
+def with_lora(model: torch.nn.Module) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0; make the adapters matter
+                p.normal_(0, 0.3)
+    return peft_model.eval()
+
+
+def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three left-padded prompts of lengths 5, 2 and 4."""
+    ids = torch.tensor([[5, 9, 12, 7, 3], [0, 0, 0, 8, 4], [0, 6, 6, 2, 11]])
+    return ids, (ids != 0).long()
+
+
+def reference_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at every position from one full forward without a cache. → [R, L, V]"""
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_gqa", "qwen2", "qwen3"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_logits_match_the_model_forward_step_by_step(kind, lora):
+    model = tiny(kind)
+    if kind == "qwen2":
+        with torch.no_grad():  # Qwen2 inits biases at 0; make them matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    model = with_lora(model) if lora else model
+    ids, mask = prompts()
+    dec = fast_decoder(model)
+    assert isinstance(dec, FastDecoder), dec
+    appended = torch.tensor([[13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]])
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, positions_from_mask(mask), max_new_tokens=appended.shape[1])]
+        pos = positions_from_mask(mask)[:, -1] + 1
+        for t in range(appended.shape[1] - 1):
+            got.append(dec.step(appended[:, t], pos + t))
+    full_ids = torch.cat([ids, appended], 1)
+    want = reference_logits(model, full_ids, torch.cat([mask, torch.ones_like(appended)], 1))
+    P = ids.shape[1]
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, want[:, P - 1 + t], atol=2e-5, rtol=1e-4)
+
+
+def test_adapters_disabled_gives_the_base_weights():
+    base = tiny("llama")
+    ids, mask = prompts()
+    want = reference_logits(base, ids, mask)[:, -1]
+    model = with_lora(base)
+    with torch.no_grad(), model.disable_adapter():
+        got = fast_decoder(model).prefill(ids, mask, positions_from_mask(mask), max_new_tokens=1)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        adapted = fast_decoder(model).prefill(ids, mask, positions_from_mask(mask), max_new_tokens=1)
+    assert (adapted - want).abs().max() > 1e-2  # the adapters do change the logits
+
+
+def test_effective_weight_is_base_plus_scaled_lora_product():
+    model = with_lora(tiny("llama"))
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    weight, bias = effective_weight(q)
+    scale = 8 / 4  # lora_alpha / r
+    want = q.base_layer.weight + scale * q.lora_B["default"].weight @ q.lora_A["default"].weight
+    torch.testing.assert_close(weight, want)
+    assert bias is None
+
+
+def common_eos(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor) -> int:
+    """A token the model samples often, used as EOS so rows stop at different steps."""
+    toks, _ = generate(model, ids, mask, max_new_tokens=12, eos_token_id=-1, pad_token_id=0, keys=keys, decoder="hf")
+    counts = torch.bincount(toks[:, 1:].flatten(), minlength=V)
+    return int(counts.argmax())
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_fast_and_hf_decoders_give_the_same_tokens(sampled, monkeypatch):
+    kept: list[int] = []
+    keep_rows = FastDecoder.keep_rows
+    monkeypatch.setattr(FastDecoder, "keep_rows", lambda self, rows: (kept.append(len(rows)), keep_rows(self, rows)))
+    model = with_lora(tiny("llama_gqa"))
+    ids, mask = prompts()
+    ids, mask = ids.repeat(4, 1), mask.repeat(4, 1)  # 12 rows
+    keys = sample_keys(0, 3, [f"p{i % 3}" for i in range(12)], [i // 3 for i in range(12)]) if sampled else None
+    eos = common_eos(model, ids, mask, keys if keys is not None else sample_keys(0, 0, ["x"] * 12, list(range(12))))
+    out = {}
+    for decoder in ("hf", "fast"):
+        toks, ent = generate(model, ids, mask, max_new_tokens=16, eos_token_id=eos, pad_token_id=0, keys=keys,
+                             decoder=decoder, with_entropies=True)
+        out[decoder] = (toks, ent)
+    assert torch.equal(out["hf"][0], out["fast"][0])
+    torch.testing.assert_close(out["hf"][1], out["fast"][1], atol=1e-5, rtol=1e-4)
+    if sampled:  # rows really stopped at different steps, and the fast decoder dropped them on the way
+        stops = {int((row == eos).int().argmax()) for row in out["fast"][0] if (row == eos).any()}
+        assert len(stops) >= 3
+        assert kept and kept == sorted(kept, reverse=True) and kept[-1] < 12
+
+
+def test_finished_rows_are_padded_and_entropy_zero():
+    model = tiny("llama")
+    ids, mask = prompts()
+    keys = sample_keys(0, 0, ["a", "b", "c"], [0, 0, 0])
+    eos = common_eos(model, ids, mask, keys)
+    toks, ent = generate(model, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0, keys=keys, decoder="fast",
+                         with_entropies=True)
+    for row, e in zip(toks, ent):
+        if (row == eos).any():
+            stop = int((row == eos).int().argmax())
+            assert (row[stop + 1:] == 0).all() and (e[stop + 1:] == 0).all() and (e[: stop + 1] > 0).all()
+
+
+def test_unsupported_models_fall_back_or_fail_clearly():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=4, n_positions=64)).eval()
+    reason = fast_decoder(gpt2)
+    assert isinstance(reason, str) and "gpt2" in reason
+    assert not isinstance(stepper(gpt2, "auto"), FastDecoder)
+    with pytest.raises(ValueError, match="rollout.decoder: fast cannot run this model"):
+        stepper(gpt2, "fast")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        stepper(gpt2, "turbo")
+    ids, mask = prompts()
+    toks, _ = generate(gpt2, ids, mask, max_new_tokens=3, eos_token_id=1, pad_token_id=0)  # auto → the model's forward
+    assert toks.shape == (3, 3)
+    sliding = tiny("llama")
+    sliding.config.layer_types = ["sliding_attention", "full_attention"]
+    assert "sliding" in fast_decoder(sliding)
+    with pytest.raises(Unsupported, match="not a plain nn.Linear"):
+        effective_weight(torch.nn.Conv1d(2, 2, 1))
