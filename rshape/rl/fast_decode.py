@@ -86,22 +86,9 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x·cos + rotate_half(x)·sin (HF's apply_rotary_pos_emb). x [R, H, T, d], cos/sin [R, 1, T, d]."""
+    """x·cos + rotate_half(x)·sin (HF's apply_rotary_pos_emb). x [R, T, heads, d], cos/sin [R, T, 1, d]."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale, masked) · v, with grouped K/V heads shared by H / H_kv query heads.
-
-    q [R, H, T, d], k/v [R, H_kv, L, d], mask [R, 1, T or 1, L] bool (True = attend). Explicit matmuls:
-    for one-token decode steps on the CPU they beat the fused SDPA kernel several times over."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 class FastDecoder:
@@ -160,18 +147,20 @@ class FastDecoder:
         R, T = ids.shape
         H, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)  # [R, T, hidden]
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [R, 1, T, d]
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [R, T, 1, d]
         end = start + T
         for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
             h = _rms_norm(x, layer.input_norm, self.eps)
             qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(R, T, H + 2 * Hkv, d)
-            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
+            qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv:]
             if layer.q_norm is not None:
-                q, k = _rms_norm(q, layer.q_norm, self.eps), _rms_norm(k, layer.k_norm, self.eps)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [R, heads, T, d]
-            k_cache[:, :, start:end] = _rotate(k, cos, sin)
-            v_cache[:, :, start:end] = v
-            attn = _attention(_rotate(q, cos, sin), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask, self.scaling)
+                qk = torch.cat([_rms_norm(qk[:, :, :H], layer.q_norm, self.eps),
+                                _rms_norm(qk[:, :, H:], layer.k_norm, self.eps)], dim=2)
+            qk = _rotate(qk, cos, sin).transpose(1, 2)  # [R, H + H_kv, T, d]: queries and keys rotated at once
+            k_cache[:, :, start:end] = qk[:, H:]
+            v_cache[:, :, start:end] = v.transpose(1, 2)
+            attn = F.scaled_dot_product_attention(qk[:, :H], k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=attn_mask,
+                                                  scale=self.scaling, enable_gqa=H != Hkv)
             x = x + F.linear(attn.transpose(1, 2).reshape(R, T, H * d), layer.o, layer.o_bias)
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
@@ -183,23 +172,28 @@ class FastDecoder:
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 max_new_tokens: int) -> torch.Tensor:
-        """Allocate the cache, run the left-padded prompts [R, P]; → next-token logits [R, V]."""
+        """Allocate the cache, run the left-padded prompts [R, P]; → next-token logits [R, V].
+
+        Identical prompts (the G samples of a group) are run once and their cache rows copied."""
         R, P = input_ids.shape
         total = P + max_new_tokens
         dtype, device = self.embed.dtype, self.embed.device
-        self.cache = [(torch.zeros(R, self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device),
-                       torch.zeros(R, self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device))
+        unique, row_of = torch.unique(torch.cat([input_ids, attention_mask.long()], 1), dim=0, return_inverse=True)
+        ids, mask, pos = unique[:, :P], unique[:, P:].bool(), positions[_first_row(row_of, len(unique))]
+        self.cache = [(torch.zeros(len(unique), self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device),
+                       torch.zeros(len(unique), self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device))
                       for _ in self.layers]
         table = torch.arange(total, device=device)[None]
         cos, sin = self.rotary(self.embed[:1], table)  # [1, total, d], the model's own RoPE (incl. scaling)
         self.cos, self.sin = cos[0], sin[0]
-        self.key_valid = torch.ones(R, total, dtype=torch.bool, device=device)
-        self.key_valid[:, :P] = attention_mask.bool()
+        self.key_valid = torch.ones(len(unique), total, dtype=torch.bool, device=device)
+        self.key_valid[:, :P] = mask
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         eye = torch.eye(P, dtype=torch.bool, device=device)  # a padding query attends to itself (never read)
-        mask = (causal & self.key_valid[:, None, :P]) | eye  # [R, P, P]
         self.length = P
-        return self.logits(self._forward(input_ids, positions, mask[:, None], 0))
+        hidden = self._forward(ids, pos, ((causal & mask[:, None, :]) | eye)[:, None], 0)  # [u, hidden]
+        self.keep_rows(row_of)  # one cache row per input row
+        return self.logits(hidden)[row_of]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices into the current batch) in the cache, e.g. drop finished ones."""
@@ -221,6 +215,12 @@ def effective_weight_embedding(module: torch.nn.Module) -> torch.Tensor:
     if module.max_norm is not None:
         raise Unsupported("embedding with max_norm")
     return module.weight.detach()
+
+
+def _first_row(row_of: torch.Tensor, count: int) -> torch.Tensor:
+    """For each of `count` groups, the index of its first member; row_of [R] maps rows to groups."""
+    first = torch.full((count,), len(row_of), dtype=torch.long, device=row_of.device)
+    return first.scatter_reduce(0, row_of, torch.arange(len(row_of), device=row_of.device), reduce="amin")
 
 
 def fast_decoder(model: torch.nn.Module) -> FastDecoder | str:
