@@ -72,6 +72,21 @@ def truncate_jsonl_after_step(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def publish_dir(tmp: Path, out: Path) -> Path:
+    """Move a fully written directory `tmp` to `out`, replacing what was there without writing into it.
+
+    The old directory is renamed aside and then deleted, never overwritten file by file: a process that
+    has its files memory-mapped (safetensors weights) keeps reading the old contents instead of crashing."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

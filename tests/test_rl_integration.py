@@ -310,3 +310,26 @@ def test_constrained_reward_multiplier_moves_in_the_loop(random_model_dir, tmp_p
     train(tiny_recipe(random_model_dir, tmp_path / "c", steps=3, **over))
     lam = [m["reward/correctness/lagrange"] for m in read_jsonl(tmp_path / "c" / "metrics.jsonl")]
     assert lam[0] == 0.0 and lam[1] == pytest.approx(0.5) and lam[2] == pytest.approx(1.0)  # a random model is never right
+
+
+def test_publish_dir_swaps_without_touching_mapped_files(tmp_path):
+    """Rebuilding a model directory must not write into files a running job has memory-mapped."""
+    import mmap
+
+    from rshape.runs import publish_dir
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "w.bin").write_bytes(b"old-weights")
+    with open(out / "w.bin", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        new = tmp_path / ".model.tmp"
+        new.mkdir()
+        (new / "w.bin").write_bytes(b"new-weights!")
+        assert publish_dir(new, out) == out
+        assert mapped[:] == b"old-weights"  # the running reader still sees a whole, unchanged file
+    assert (out / "w.bin").read_bytes() == b"new-weights!"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old directory left behind
+    fresh = tmp_path / ".fresh.tmp"
+    fresh.mkdir()
+    publish_dir(fresh, tmp_path / "fresh")  # nothing there before
+    assert (tmp_path / "fresh").is_dir()

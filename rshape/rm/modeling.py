@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rshape.rm.recipe import RMModelConfig
+from rshape.runs import publish_dir
 
 META_FILE = "rm_meta.json"
 ENSEMBLE_FILE = "ensemble.json"
@@ -272,10 +273,7 @@ def export_rm(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_di
         model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     _write_json(tmp / META_FILE, meta)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return publish_dir(tmp, out)
 
 
 # --------------------------------------------------------------------------- inference-time loading

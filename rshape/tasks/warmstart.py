@@ -24,6 +24,7 @@ import json
 import math
 import random
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from rshape.runs import publish_dir
 from rshape.tasks.arithmetic import TRACE_MODES, addition_task, make_prompt, make_trace, sample_pairs
 from rshape.tasks.base import Task
 from rshape.tasks.tokenizer import build_char_tokenizer
@@ -337,7 +339,6 @@ def build_warmstart(
     if len(difficulty_weights) != len(difficulties):
         raise ValueError("difficulty_weights must have one weight per difficulty")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_char_tokenizer()
     torch.manual_seed(seed)
@@ -398,9 +399,13 @@ def build_warmstart(
                                        seed=seed, device=device)
         info["measure_seconds"] = round(time.time() - t1, 1)
 
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "warmstart.json").write_text(json.dumps(info, indent=2) + "\n")
+    # written aside, then swapped in: a running job that memory-maps the old weights is not corrupted
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "warmstart.json").write_text(json.dumps(info, indent=2) + "\n")
+    publish_dir(tmp, out_dir)
     return info
 
 
