@@ -27,3 +27,12 @@ def sees_columns(prompts, completions, completion_ids, answer, difficulty, train
 
 def constant(prompts, completions, **kwargs):
     return [1.0] * len(completions)
+
+
+def step_lengths(prompt, steps, problem=None):
+    """A process scorer: each step scored by its length in characters."""
+    return [float(len(s)) for s in steps]
+
+
+def too_few_step_scores(prompt, steps, problem=None):
+    return [1.0] * (len(steps) - 1)

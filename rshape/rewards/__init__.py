@@ -15,7 +15,8 @@ from rshape.rewards.user import UserFunction, UserRewardError
 from rshape.schedules import SCHEDULE_KINDS, _Schedule, is_schedule, parse_schedule
 
 # Each family module defines COMPONENTS = {registry name: class}.
-FAMILY_MODULES = ["correctness", "format", "length", "laser", "history", "surrogate", "dense", "text", "model"]
+FAMILY_MODULES = ["correctness", "format", "length", "laser", "history", "surrogate", "dense", "text", "model",
+                  "process"]
 
 REWARDS: Registry[type[RewardComponent]] = Registry("reward")
 for _module in FAMILY_MODULES:
