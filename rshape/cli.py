@@ -23,6 +23,19 @@ def fail(lines: list[str] | str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def warn_if_cpu_contended(cfg, console) -> None:
+    """Print `cpu_contention_warning` for a run that will compute on the CPU."""
+    import torch
+
+    from rshape.models import resolve_device
+    from rshape.runs import cpu_contention_warning
+
+    if resolve_device(cfg.device).type != "cpu":
+        return
+    if (warning := cpu_contention_warning(cfg.threads or torch.get_num_threads())) is not None:
+        console.print(warning, style="yellow", highlight=False)
+
+
 @app.command()
 def rl(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file.")],
@@ -45,6 +58,7 @@ def rl(
     from rshape.rl.loop import train
 
     console = Console(stderr=True)
+    warn_if_cpu_contended(cfg, console)
     try:
         if cfg.phases:
             from rshape.phases import run_phases
@@ -81,6 +95,7 @@ def train_rm(
     from rshape.tasks import DataError
 
     console = Console(stderr=True)
+    warn_if_cpu_contended(cfg, console)
     try:
         report = run_train_rm(cfg, resume=resume, console=console)
     except (RunDirError, DataError, RewardModelError) as exc:

@@ -87,6 +87,19 @@ def publish_dir(tmp: Path, out: Path) -> Path:
     return out
 
 
+def cpu_contention_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A one-line warning when CPU torch threads would compete with other busy processes, else None.
+
+    With more runnable processes than cores, torch's OpenMP threads spin-wait on each other and a
+    step can take 10-100x longer (measured on a 2-core machine); one thread degrades gracefully."""
+    load = os.getloadavg()[0] if load is None else load
+    cores = cores or os.cpu_count() or 1
+    if threads <= 1 or load + threads <= cores + 1.0:  # an idle VM shows a load of ~0.5
+        return None
+    return (f"warning: the 1-min load average is {load:.1f} on {cores} cores and torch will use {threads} threads; "
+            "with other processes busy a step can be many times slower: consider `threads: 1`")
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

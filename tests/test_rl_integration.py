@@ -333,3 +333,13 @@ def test_publish_dir_swaps_without_touching_mapped_files(tmp_path):
     fresh.mkdir()
     publish_dir(fresh, tmp_path / "fresh")  # nothing there before
     assert (tmp_path / "fresh").is_dir()
+
+
+def test_cpu_contention_warning_thresholds():
+    from rshape.runs import cpu_contention_warning
+
+    assert cpu_contention_warning(2, load=0.5, cores=2) is None  # an idle machine
+    assert cpu_contention_warning(1, load=6.0, cores=2) is None  # one thread degrades gracefully
+    warning = cpu_contention_warning(2, load=2.1, cores=2)
+    assert warning.startswith("warning: the 1-min load average is 2.1 on 2 cores") and "threads: 1" in warning
+    assert cpu_contention_warning(4, load=3.0, cores=8) is None
