@@ -8,7 +8,8 @@
 Phase i runs in `output_dir/<i>_<name>/` with the base recipe plus its `overrides` (dotted keys, or
 whole sections). It starts from the weights of phase i−1: its LoRA adapter (`model.adapter`), or, for
 full fine-tuning, its saved model (`model.name`). `--resume` skips finished phases (those with a
-summary.json) and resumes the unfinished one from its checkpoint.
+summary.json) and resumes the unfinished one from its latest checkpoint (`train.checkpoint_every`, for
+sft phases too), or starts it again if it stopped before its first checkpoint.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def run_phases(recipe: Any, resume: bool = False, console: Any = None) -> dict[s
         done = (run_dir / "summary.json").is_file()
         if not done:
             resuming = resume and latest_checkpoint(run_dir) is not None
+            if resume and not resuming and run_dir.exists():  # stopped before its first checkpoint: nothing to
+                shutil.rmtree(run_dir)  # continue from, so the phase starts again (its partial logs go with it)
             if phase.kind == "sft":
                 sft_phase(sub, phase.sft, resume=resuming)
             else:
@@ -148,28 +151,37 @@ def sft_loss(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[Any, str]
 def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, Any]:
     """Supervised fine-tuning as one phase: same policy loading, run directory and checkpoint format as `rl`.
 
-    Loss: mean token cross-entropy of the target completion (+ EOS) given the prompt; an interrupted
-    sft phase starts again (it is short), an RL phase resumes from its checkpoint.
+    Loss: mean token cross-entropy of the target completion (+ EOS) given the prompt. Step s trains on the
+    examples drawn with the seed (recipe seed, s), so with checkpoints every `train.checkpoint_every` steps
+    (weights, optimizer, RNG) `resume` continues exactly where an interrupted phase stopped.
     """
     from rshape.evaluate import greedy_eval
     from rshape.models import load_policy, resolve_device, resolve_dtype
     from rshape.recipe import recipe_to_yaml
-    from rshape.runs import manifest, prepare_run_dir
+    from rshape.runs import load_trainable_weights, manifest, prepare_run_dir, read_jsonl, truncate_jsonl_after_step
     from rshape.tasks import build_task
 
     device = resolve_device(recipe.device)
-    run_dir = Path(recipe.output_dir)
-    if resume and run_dir.exists():  # an interrupted sft phase is short: it starts again
-        shutil.rmtree(run_dir)
-    run_dir = prepare_run_dir(run_dir, resume=False)
+    run_dir = prepare_run_dir(recipe.output_dir, resume)
     torch.manual_seed(recipe.seed)
     task = build_task(recipe.task, recipe.seed)
     policy = load_policy(recipe.model, device, resolve_dtype(recipe.dtype, device))
     model, tokenizer = policy.model, policy.tokenizer
     params = policy.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"phase": "sft"}))
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        load_trainable_weights(model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+        truncate_jsonl_after_step(run_dir / "metrics.jsonl", start)
+        truncate_jsonl_after_step(run_dir / "eval.jsonl", min(start, cfg.steps - 1))  # the final eval is redone
+    else:
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"phase": "sft"}))
     metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
     eval_tokens = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
 
@@ -181,9 +193,15 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
         eval_log.write({"step": step, **m})
         return m
 
-    first = evaluate(0)
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir, step, model, {"step": step, "trainable": trainable_state_dict(model),
+                                               "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+                        tokenizer=tokenizer)
+
+    first = evaluate(0) if start == 0 else read_jsonl(run_dir / "eval.jsonl")[0]
     model.train()
-    for step in range(1, cfg.steps + 1):
+    every = recipe.train.checkpoint_every
+    for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         pairs = sft_examples(task, cfg, random.Random(f"{recipe.seed}-sft-{step}"), cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
@@ -193,9 +211,10 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
         optimizer.step()
         metrics_log.write({"step": step, "sft/loss": loss.item(), "optim/grad_norm": grad_norm,
                            "perf/step_time": time.perf_counter() - t0})
+        if every and step % every == 0 and step != cfg.steps:
+            checkpoint(step)
     final = evaluate(cfg.steps)
-    save_checkpoint(run_dir, cfg.steps, model, {"step": cfg.steps, "trainable": trainable_state_dict(model)},
-                    tokenizer=tokenizer)
+    checkpoint(cfg.steps)
     metrics_log.close()
     eval_log.close()
     summary = {"run_dir": str(run_dir), "first_eval": first, "final_eval": final, "steps": cfg.steps}

@@ -343,3 +343,52 @@ def test_cpu_contention_warning_thresholds():
     warning = cpu_contention_warning(2, load=2.1, cores=2)
     assert warning.startswith("warning: the 1-min load average is 2.1 on 2 cores") and "threads: 1" in warning
     assert cpu_contention_warning(4, load=3.0, cores=8) is None
+
+
+def test_interrupted_phases_resume(random_model_dir, tmp_path, monkeypatch):
+    """An sft phase stopped mid-way resumes from its checkpoint to the same weights and losses as a straight
+    run; a phase stopped before its first checkpoint starts again under --resume instead of failing."""
+    import rshape.phases as phases
+
+    sft = {"name": "warm", "kind": "sft", "sft": {"steps": 4, "batch_size": 4, "lr": 0.01}}
+    rl = {"name": "rl", "overrides": {"train.steps": 2}}
+
+    def recipe(out):
+        return tiny_recipe(random_model_dir, out, steps=2, phases=[sft, rl])
+
+    phases.run_phases(recipe(tmp_path / "straight"))
+    real_loss, calls = phases.sft_loss, []
+
+    def stop_at_third_step(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*a, **kw)
+
+    monkeypatch.setattr(phases, "sft_loss", stop_at_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        phases.run_phases(recipe(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "1_warm" / "checkpoints" / "step_000002").is_dir()  # checkpoint_every: 2
+    monkeypatch.setattr(phases, "sft_loss", real_loss)
+    with pytest.raises(RunDirError, match="pass --resume"):
+        phases.run_phases(recipe(tmp_path / "cut"))
+    phases.run_phases(recipe(tmp_path / "cut"), resume=True)
+    for name in ("1_warm", "2_rl"):
+        a = read_jsonl(tmp_path / "straight" / name / "metrics.jsonl")
+        b = read_jsonl(tmp_path / "cut" / name / "metrics.jsonl")
+        assert comparable(a) == comparable(b)
+        assert read_jsonl(tmp_path / "straight" / name / "eval.jsonl") == read_jsonl(tmp_path / "cut" / name / "eval.jsonl")
+    final = "checkpoints/step_000004/state.pt"
+    w1 = torch.load(tmp_path / "straight" / "1_warm" / final, weights_only=False)["trainable"]
+    w2 = torch.load(tmp_path / "cut" / "1_warm" / final, weights_only=False)["trainable"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+    calls.clear()
+    monkeypatch.setattr(phases, "sft_loss", stop_at_third_step)
+    early = tiny_recipe(random_model_dir, tmp_path / "early", steps=2, phases=[sft, rl], **{"train.checkpoint_every": 0})
+    with pytest.raises(KeyboardInterrupt):
+        phases.run_phases(early)
+    assert not (tmp_path / "early" / "1_warm" / "checkpoints").exists()
+    monkeypatch.setattr(phases, "sft_loss", real_loss)
+    phases.run_phases(early, resume=True)  # nothing to continue from: the phase starts again
+    assert [m["step"] for m in read_jsonl(tmp_path / "early" / "1_warm" / "metrics.jsonl")] == [1, 2, 3, 4]
