@@ -135,12 +135,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def prepare_run_dir(path: str | Path, resume: bool) -> Path:
     """Create the run directory; refuse to write over an existing run unless resuming."""
     run = Path(path)
+    restart = "it stopped before its first checkpoint: delete it or choose another output_dir to start again"
     if resume:
         if latest_checkpoint(run) is None:
-            raise RunDirError(f"{run}: --resume given but no checkpoint found there")
+            raise RunDirError(f"{run}: --resume given but no checkpoint found there; "
+                              + (restart if (run / "metrics.jsonl").exists() else "nothing to resume"))
         return run
-    if (run / "metrics.jsonl").exists() or (run / CHECKPOINTS).exists():
+    if latest_checkpoint(run) is not None:
         raise RunDirError(f"{run}: a run already exists there; pass --resume to continue it or choose another output_dir")
+    if (run / "metrics.jsonl").exists():
+        raise RunDirError(f"{run}: a run already exists there, and {restart}")
     run.mkdir(parents=True, exist_ok=True)
     return run
 

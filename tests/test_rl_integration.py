@@ -86,8 +86,15 @@ def test_resume_equivalence(random_model_dir, tmp_path, extra):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
-    with pytest.raises(RunDirError, match="no checkpoint"):
+    with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)
+    stopped = tmp_path / "stopped"  # a run killed before its first checkpoint: logs, no checkpoint
+    stopped.mkdir()
+    (stopped / "metrics.jsonl").write_text('{"step": 1}\n')
+    for resume in (False, True):
+        with pytest.raises(RunDirError, match="stopped before its first checkpoint: delete it or choose another"):
+            train(tiny_recipe(random_model_dir, stopped), resume=resume)
+    assert (stopped / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing it had written is lost
 
 
 def test_qlora_base_frozen_adapters_train(tmp_path):
