@@ -399,3 +399,17 @@ def test_interrupted_phases_resume(random_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(phases, "sft_loss", real_loss)
     phases.run_phases(early, resume=True)  # nothing to continue from: the phase starts again
     assert [m["step"] for m in read_jsonl(tmp_path / "early" / "1_warm" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_process_reward_with_step_credit_trains(random_model_dir, tmp_path):
+    """A `combine: per_step` process reward: token-level advantages flow through the loop and the update."""
+    rewards = {"correctness": {"weight": 1.0},
+               "steps": {"type": "process", "region": None, "step_pattern": "\\+", "refine": "delta",
+                         "scorer": "user_rewards:step_lengths", "combine": "per_step", "weight": 0.1}}
+    train(tiny_recipe(random_model_dir, tmp_path / "ps", steps=2, rewards=rewards))
+    rows = read_jsonl(tmp_path / "ps" / "metrics.jsonl")
+    assert len(rows) == 2
+    for r in rows:
+        assert math.isfinite(r["loss/total"]) and math.isfinite(r["advantage/abs_mean"])
+        assert r["reward/total"] == r["reward/correctness/weighted"]  # the process reward is not in the total
+        assert "reward/steps/raw" in r

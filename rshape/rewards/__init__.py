@@ -132,8 +132,12 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
                 continue
         multiplicative = bool(getattr(type(component), "multiplicative", False))
         combine = spec.get("combine", "multiply" if multiplicative else "add")
-        if combine not in ("add", "multiply"):
-            problems.append(((*where, "combine"), f"add or multiply, got {combine!r}"))
+        if combine not in ("add", "multiply", "per_step"):
+            problems.append(((*where, "combine"), f"add, multiply or per_step, got {combine!r}"))
+            continue
+        if combine == "per_step" and not callable(getattr(component, "step_rewards", None)):
+            problems.append(((*where, "combine"), f"per_step needs a component with step rewards (process), "
+                             f"not {type_name}"))
             continue
         if multiplicative and combine != "multiply":
             problems.append(((*where, "combine"), f"{type_name} is a multiplier of the reward; use combine: multiply"))
@@ -158,7 +162,7 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
         if spec_c is not None:
             bounds = [b for b in ("at_least", "at_most") if isinstance(spec_c, Mapping) and b in spec_c]
             extra = set(spec_c) - {"at_least", "at_most", "lr", "initial"} if isinstance(spec_c, Mapping) else {"?"}
-            if len(bounds) != 1 or extra or combine != "add":
+            if len(bounds) != 1 or extra or combine != "add":  # (per_step and multiply take no constraint)
                 problems.append(((*where, "constraint"), "expected {at_least: θ} or {at_most: θ}, optional lr and initial, "
                                  "on an added component"))
             else:
@@ -170,6 +174,9 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
         parts.append(WeightedComponent(name=name, weight=weight, component=component, combine=combine, gate_on=gate_on,
                                        gate_threshold=gate_threshold, scheduled_params=scheduled, type_name=type_name,
                                        constraint=constraint))
+    for p in parts:
+        if p.combine == "per_step" and p.gate_on is not None:
+            problems.append((("rewards", p.name, "gate"), "a per_step component cannot be gated"))
     if mode == "normalize_then_sum" and any(p.combine == "multiply" for p in parts):
         problems.append((("reward_combine",), "normalize_then_sum cannot be used with multiplicative components"))
     if problems:

@@ -59,7 +59,7 @@ class WeightedComponent:
     name: str  # the recipe entry name; also the metric key
     weight: float | _Schedule
     component: RewardComponent
-    combine: Literal["add", "multiply"] = "add"
+    combine: Literal["add", "multiply", "per_step"] = "add"
     constraint: Constraint | None = None  # a Lagrange multiplier replaces the fixed weight
     gate_on: str | None = None
     gate_threshold: float = 0.0
@@ -156,6 +156,26 @@ class RewardSet:
         """Each component's raw values [N] (the only place components are called)."""
         return {wc.name: self._raw(wc, batch) for wc in self.components}
 
+    def step_advantages(self, batch: RewardBatch, tokenizer: Any, width: int) -> torch.Tensor | None:
+        """[N, width] token-level advantages of the `combine: per_step` components: weight × the return of the
+        steps ending at or after each token (rshape.rl.advantages.process_token_advantages); None without any."""
+        from rshape.rl.advantages import process_token_advantages
+
+        parts = [wc for wc in self.components if wc.combine == "per_step"]
+        if not parts:
+            return None
+        out = torch.zeros(len(batch.completions), width)
+        for wc in parts:
+            component = wc.component_at(batch.step)
+            try:
+                steps = component.step_rewards(batch, tokenizer)
+            except Exception as exc:
+                raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            out += wc.weight_at(batch.step) * process_token_advantages(
+                steps, batch.group_size, width, getattr(component, "step_normalize", "none"), self.eps)
+        return out
+
     def combine(self, raws: dict[str, torch.Tensor], step: int, group_size: int) -> RewardScores:
         """The total (and metrics) from raw component values: a pure function of its inputs."""
         n = next(iter(raws.values())).numel()
@@ -180,6 +200,9 @@ class RewardSet:
                 metrics[f"reward/{wc.name}/{k}"] = s(step)
             if wc.combine == "multiply":
                 multipliers.append(raw)
+                continue
+            if wc.combine == "per_step":  # enters as token-level advantages (step_advantages), not the total
+                metrics[f"reward/{wc.name}/weighted"] = (w * raw[applicable]).mean().item() if vals.numel() else 0.0
                 continue
             gate = torch.ones(n, dtype=torch.bool)
             if wc.gate_on is not None:

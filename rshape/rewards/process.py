@@ -86,6 +86,9 @@ class ProcessReward(RewardComponent):
     """scorer rm: a `rshape train-rm` model directory."""
     rm_batch_size: int = Field(32, gt=0)
     """scorer rm: prefixes per RM forward pass."""
+    step_normalize: Literal["none", "group"] = "none"
+    """With `combine: per_step`: step rewards as they are (keeps Clip/Delta's bound), or normalised over the
+    group's steps as in DeepSeekMath's process supervision (re-centring makes extra good steps pay again)."""
 
     _cache: dict = PrivateAttr(default_factory=dict)
 
@@ -112,12 +115,23 @@ class ProcessReward(RewardComponent):
         state["__pydantic_private__"] = {"_cache": {}}  # never pickle a loaded RM
         return state
 
+    def step_spans(self, completion: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets in the completion of its reasoning steps (see the class docstring)."""
+        base, text = 0, completion
+        if self.region is not None and (m := re.search(self.region, completion, flags=re.DOTALL)):
+            base, text = (m.start(1), m.group(1)) if m.group(1) is not None else (m.end(), "")
+        spans, start = [], 0
+        for sep in [*re.finditer(self.step_pattern, text), None]:
+            end = sep.start() if sep is not None else len(text)
+            if text[start:end].strip():
+                spans.append((base + start, base + end))
+            if sep is not None:
+                start = sep.end()
+        return spans
+
     def steps(self, completion: str) -> list[str]:
         """The reasoning steps of a completion (see the class docstring)."""
-        text = completion
-        if self.region is not None and (m := re.search(self.region, completion, flags=re.DOTALL)):
-            text = m.group(1) or ""
-        return [s for s in re.split(self.step_pattern, text) if s.strip()]
+        return [completion[a:b] for a, b in self.step_spans(completion)]
 
     def _score_fn(self) -> Callable[..., list[float | None]]:
         if self.scorer in BUILTIN_SCORERS:
@@ -139,25 +153,60 @@ class ProcessReward(RewardComponent):
         scores, _ = self._cache["rm"].score([prompt] * len(prefixes), prefixes)
         return scores.tolist()
 
-    def step_scores(self, prompt: Any, completion: str, problem: Problem | None) -> list[float]:
-        """r_1..r_K of one completion: the scorer's values for the pieces that are steps."""
-        steps = self.steps(completion)
-        if not steps:
+    def scored_steps(self, prompt: Any, completion: str, problem: Problem | None) -> list[tuple[int, float]]:
+        """(character offset where the step ends, score r_k) for each piece the scorer counts as a step."""
+        spans = self.step_spans(completion)
+        if not spans:
             return []
+        steps = [completion[a:b] for a, b in spans]
         raw = self._score_fn()(prompt, steps, problem)
         if raw is None or len(raw) != len(steps):
             got = "None" if raw is None else f"{len(raw)} scores"
             raise ValueError(f"scorer {self.scorer!r} returned {got} for {len(steps)} steps")
-        scores = [float(r) for r in raw if r is not None]
-        if any(not math.isfinite(r) for r in scores):
+        scored = [(end, float(r)) for (_, end), r in zip(spans, raw) if r is not None]
+        if any(not math.isfinite(r) for _, r in scored):
             raise ValueError(f"scorer {self.scorer!r} returned a non-finite step score: {raw}")
-        return scores
+        return scored
+
+    def step_scores(self, prompt: Any, completion: str, problem: Problem | None) -> list[float]:
+        """r_1..r_K of one completion: the scorer's values for the pieces that are steps."""
+        return [r for _, r in self.scored_steps(prompt, completion, problem)]
+
+    def _batch_steps(self, batch: RewardBatch) -> list[list[tuple[int, float]]]:
+        """scored_steps of every completion, kept for the batch last seen (so step credit does not rescore)."""
+        key = (tuple(map(str, batch.prompts)), tuple(batch.completions))
+        if self._cache.get("batch_key") != key:
+            self._cache["batch_steps"] = [self.scored_steps(p, c, pr)
+                                          for p, c, pr in zip(batch.prompts, batch.completions, batch.problems)]
+            self._cache["batch_key"] = key
+        return self._cache["batch_steps"]
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+        return torch.tensor([sum(refine_step_rewards([r for _, r in steps], self.refine, self.eta))
+                             for steps in self._batch_steps(batch)], dtype=torch.float32)
+
+    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[list[tuple[int, float]]]:
+        """For `combine: per_step`: (index of the step's last token, refined reward r̃_k) per completion."""
         out = []
-        for prompt, text, problem in zip(batch.prompts, batch.completions, batch.problems):
-            out.append(sum(refine_step_rewards(self.step_scores(prompt, text, problem), self.refine, self.eta)))
-        return torch.tensor(out, dtype=torch.float32)
+        for steps, ids in zip(self._batch_steps(batch), batch.completion_ids):
+            refined = refine_step_rewards([r for _, r in steps], self.refine, self.eta)
+            out.append([(token_index_of_char(ids, tokenizer, end), r) for (end, _), r in zip(steps, refined)])
+        return out
+
+
+def token_index_of_char(ids: list[int], tokenizer: Any, char_end: int) -> int:
+    """The index of the token that completes the first `char_end` characters of decode(ids): the smallest t
+    with len(decode(ids[:t+1])) ≥ char_end (binary search; the last token if the text is shorter)."""
+    lo, hi = 0, len(ids) - 1
+    if hi < 0:
+        return 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[: mid + 1], skip_special_tokens=False)) >= char_end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 COMPONENTS = {"process": ProcessReward}

@@ -335,3 +335,32 @@ def pref_grpo_advantages(x: AdvantageInputs, *, adv_clip_max: float = 5.0, decim
         win = torch.tensor([round(v, int(decimals)) for v in win.reshape(-1).tolist()], dtype=torch.float64).view_as(win)
     adv = (win - win.mean(dim=1, keepdim=True)) / (win.std(dim=1, keepdim=True) + 1e-8)
     return adv.clamp(-clip, clip).reshape(-1).float()
+
+
+def process_token_advantages(step_rewards: list[list[tuple[int, float]]], group_size: int, width: int,
+                             normalize: str = "none", eps: float = 1e-4) -> torch.Tensor:
+    """Token-level advantages from per-step rewards (process supervision). → [N, width]
+
+    step_rewards[i] lists (index of the step's last token, reward) for completion i. Each token gets the
+    return of the steps that end at or after it (DeepSeekMath §4.1.3, arXiv 2402.03300):
+
+        Â_{i,t} = Σ_{j: end(j) ≥ t} r̂_i^j,   r̂ = r (`none`)  or  (r − mean R_g)/(std R_g + eps) (`group`)
+
+    where R_g holds every step reward of the completion's group (unbiased std; a group whose step rewards are
+    all equal, or that has fewer than two, gets r̂ = 0 under `group`). Tokens after the last step get 0.
+    With Clip or Delta step rewards and `none`, the return from any token is bounded (Gao et al. 2024).
+    """
+    if normalize not in ("none", "group"):
+        raise ValueError(f"unknown step normalisation {normalize!r}; valid: none, group")
+    n = len(step_rewards)
+    out = torch.zeros(n, width, dtype=torch.float64)
+    for g0 in range(0, n, group_size):
+        group = step_rewards[g0:g0 + group_size]
+        values = torch.tensor([r for row in group for _, r in row], dtype=torch.float64)
+        mean, std = (values.mean(), values.std()) if values.numel() > 1 else (torch.tensor(0.0), torch.tensor(0.0))
+        for i, row in enumerate(group, g0):
+            for end, r in row:
+                if normalize == "group":
+                    r = float((r - mean) / (std + eps)) if std > 0 else 0.0
+                out[i, min(max(end, 0), width - 1)] += r
+    return out.flip(1).cumsum(1).flip(1).float()

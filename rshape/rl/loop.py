@@ -11,6 +11,7 @@ Switches that change the algorithm (all recipe keys):
 - `algorithm.epochs/minibatches`   updates per batch; old log-probs are computed once before them
                           (when both are 1, old = current detached, so the ratio is exactly 1).
 - `rewards`               the weighted components; the total that is logged is the one optimised.
+                          A `combine: per_step` (process) component adds token-level advantages instead.
 - `rollout.temperature/top_p`      sampling; the training log-probs use the same temperature.
 Sampling noise is keyed by (seed, step, prompt id, sample index), so runs and resumes reproduce.
 """
@@ -200,7 +201,8 @@ def policy_update(policy, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe
                                             with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, t]
                 mask = part.completion_mask
                 terms = clipped_policy_loss(
-                    logp, old_logp[rows, :width] if reuse else logp.detach(), advantages[rows], mask,
+                    logp, old_logp[rows, :width] if reuse else logp.detach(),
+                    advantages[rows] if advantages.dim() == 1 else advantages[rows, :width], mask,
                     clip_low=algo.clip_low, clip_high=algo.clip_high, agg=algo.loss_agg,
                     num_sequences=len(mb_rows), num_tokens=num_tokens, max_len=recipe.rollout.max_new_tokens,
                     ratio_level=algo.ratio_level, ref_logp=ref_logp[rows, :width] if ref_logp is not None else None,
@@ -361,6 +363,9 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                               rewards=scores.total, group_size=G, lengths=ro.lengths, correct=correct,
                               max_new_tokens=batch.max_new_tokens, eps=recipe.algorithm.adv_eps, **seq_stats),
                               **recipe.algorithm.advantage_params))  # [N]
+            step_advantages = rewards.step_advantages(batch, tokenizer, ro.completion_ids.shape[1])  # [N, T] or None
+            if step_advantages is not None:  # process supervision: each token also gets its steps' return
+                advantages = advantages[:, None] + step_advantages
             if recipe.algorithm.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss
                 ro.completion_mask &= ~ro.truncated.to(ro.completion_mask.device)[:, None]
 
@@ -373,7 +378,8 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
 
             metrics = {"step": step, **scores.metrics, **policy_view, **update, **sampling,
                        **{f"schedule/{k}": v for k, v in schedule_values.items()},
-                       "advantage/abs_mean": advantages.abs().mean().item(),
+                       "advantage/abs_mean": (advantages.abs().mean() if advantages.dim() == 1 else
+                                              advantages.abs()[ro.completion_mask.cpu()].mean()).item(),
                        "optim/lr": scheduler.get_last_lr()[0],
                        "perf/step_time": dt, "perf/gen_time": t_gen,
                        "perf/tokens_per_s": int(ro.lengths.sum()) / max(dt, 1e-9)}

@@ -106,7 +106,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
       `grpo`:    Σ_i (Σ_t ℓ_i,t / |y_i|) / num_sequences      (DeepSeekMath: sequence mean, then mean)
       `dapo`:    Σ_i Σ_t ℓ_i,t / num_tokens                   (DAPO, arXiv 2503.14476: batch token mean)
       `dr_grpo`: Σ_i Σ_t ℓ_i,t / (num_sequences · max_len)    (Dr. GRPO, arXiv 2503.20783: a constant divisor)
-    logp, old_logp, mask, entropy: [R, T]; advantages: [R].
+    logp, old_logp, mask, entropy: [R, T]; advantages: [R], or [R, T] for token-level (process) advantages.
     """
     mask = mask.float()
     log_ratio = logp - old_logp  # [R, T]
@@ -117,7 +117,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
         ratio = torch.exp(log_ratio)
     else:
         raise ValueError(f"unknown ratio_level {ratio_level!r}; valid: token, sequence")
-    adv = advantages[:, None]  # [R, 1]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # [R, 1] or [R, T]
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
     per_token = -surr
     kl = torch.zeros_like(per_token)
