@@ -45,6 +45,7 @@ def rl(
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
     from rshape.recipe import RecipeError, load_recipe
     from rshape.rewards import RewardRuntimeError
+    from rshape.rl.rollout import DecoderError
     from rshape.runs import RunDirError
     from rshape.tasks import DataError
 
@@ -66,7 +67,7 @@ def rl(
             summary = run_phases(cfg, resume=resume, console=console)
         else:
             summary = train(cfg, resume=resume, console=console)
-    except (RunDirError, DataError, RewardRuntimeError) as exc:
+    except (RunDirError, DataError, RewardRuntimeError, DecoderError) as exc:
         fail(str(exc))
     print_summary(summary, Console())
 

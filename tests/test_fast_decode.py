@@ -163,3 +163,27 @@ def test_unsupported_models_fall_back_or_fail_clearly():
     assert "sliding" in fast_decoder(sliding)
     with pytest.raises(Unsupported, match="not a plain nn.Linear"):
         effective_weight(torch.nn.Conv1d(2, 2, 1))
+
+
+def test_cli_fast_decoder_on_an_unsupported_model_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rshape.tasks.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=64,
+                               eos_token_id=1, pad_token_id=0, bos_token_id=None)).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: {tmp_path / 'gpt2'}}}\nrollout: {{decoder: fast, max_new_tokens: 8}}\n"
+                      f"output_dir: {tmp_path / 'run'}\nthreads: 1\n")
+    out = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(recipe)], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: rollout.decoder: fast cannot run this model: model type 'gpt2' "
+                      "(supported: llama, mistral, qwen2, qwen3); use auto or hf"]
+    assert not any((tmp_path / "run").glob("*"))  # nothing was written

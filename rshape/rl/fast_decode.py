@@ -34,25 +34,33 @@ class Unsupported(Exception):
     """The model cannot run on the fast decoder; the message says why."""
 
 
-def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) that `module(x)` applies in eval mode: an nn.Linear's own, or a peft LoRA layer's
-    base weight plus the delta of each active adapter (scale·B·A, peft's `get_delta_weight`)."""
+def _active_adapters(module: torch.nn.Module) -> list[str]:
+    """The LoRA adapters a peft layer applies now (none when disabled or already merged); raises for a
+    projection the fast decoder cannot merge (4-bit base, DoRA, anything but nn.Linear)."""
     base = getattr(module, "base_layer", None)
     if base is None:
         if type(module) is not torch.nn.Linear:
             raise Unsupported(f"{type(module).__name__} is not a plain nn.Linear")
-        return module.weight.detach(), (module.bias.detach() if module.bias is not None else None)
+        return []
     if type(base) is not torch.nn.Linear:
         raise Unsupported(f"LoRA over {type(base).__name__} (e.g. a 4-bit base) cannot be merged without dequantising")
-    weight = base.weight.detach()
-    if not getattr(module, "disable_adapters", False) and not getattr(module, "merged", False):
-        for name in module.active_adapters:
-            if name not in module.lora_A:
-                continue
-            if module.use_dora.get(name, False):
-                raise Unsupported("DoRA adapters are not supported")
-            weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
-    return weight, (base.bias.detach() if base.bias is not None else None)
+    if getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return []
+    names = [name for name in module.active_adapters if name in module.lora_A]
+    if any(module.use_dora.get(name, False) for name in names):
+        raise Unsupported("DoRA adapters are not supported")
+    return names
+
+
+def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) that `module(x)` applies in eval mode: an nn.Linear's own, or a peft LoRA layer's
+    base weight plus the delta of each active adapter (scale·B·A, peft's `get_delta_weight`)."""
+    names = _active_adapters(module)
+    linear = getattr(module, "base_layer", module)
+    weight = linear.weight.detach()
+    for name in names:
+        weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
+    return weight, (linear.bias.detach() if linear.bias is not None else None)
 
 
 def _cat_bias(biases: list[torch.Tensor | None], weights: list[torch.Tensor]) -> torch.Tensor | None:
@@ -91,23 +99,38 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def check_supported(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under any peft wrapper, after checking that the fast decoder can run it (raises Unsupported)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        raise Unsupported(f"model type {cfg.model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise Unsupported(f"activation {cfg.hidden_act!r}")
+    layer_types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types) or (
+            getattr(cfg, "sliding_window", None) and not layer_types and cfg.model_type == "mistral"):
+        raise Unsupported("sliding-window attention layers")
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
+        raise Unsupported(f"rope type {rope.get('rope_type')!r} depends on the sequence length")
+    decoder = base.model
+    effective_weight_embedding(decoder.embed_tokens)
+    _active_adapters(base.lm_head)
+    for layer in decoder.layers:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            _active_adapters(getattr(layer.self_attn, name))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            _active_adapters(getattr(layer.mlp, name))
+    return base
+
+
 class FastDecoder:
     """Prefill + one-token steps over a static KV cache for `rows` sequences of up to `max_len` tokens."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = check_supported(model)
         cfg = base.config
-        if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-            raise Unsupported(f"model type {cfg.model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            raise Unsupported(f"activation {cfg.hidden_act!r}")
-        layer_types = getattr(cfg, "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types) or (
-                getattr(cfg, "sliding_window", None) and not layer_types and cfg.model_type == "mistral"):
-            raise Unsupported("sliding-window attention layers")
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
-            raise Unsupported(f"rope type {rope.get('rope_type')!r} depends on the sequence length")
         decoder = base.model
         self.rotary = decoder.rotary_emb
         self.embed = effective_weight_embedding(decoder.embed_tokens)
@@ -221,6 +244,15 @@ def _first_row(row_of: torch.Tensor, count: int) -> torch.Tensor:
     """For each of `count` groups, the index of its first member; row_of [R] maps rows to groups."""
     first = torch.full((count,), len(row_of), dtype=torch.long, device=row_of.device)
     return first.scatter_reduce(0, row_of, torch.arange(len(row_of), device=row_of.device), reduce="amin")
+
+
+def fast_decoder_problem(model: torch.nn.Module) -> str | None:
+    """Why the fast decoder cannot run this model, or None; checks only, builds nothing."""
+    try:
+        check_supported(model)
+    except Unsupported as e:
+        return str(e)
+    return None
 
 
 def fast_decoder(model: torch.nn.Module) -> FastDecoder | str:

@@ -50,6 +50,10 @@ def cache_argument(model: torch.nn.Module) -> str:
 DECODERS = ("auto", "fast", "hf")
 
 
+class DecoderError(ValueError):
+    """`rollout.decoder: fast` asked for a model the fast decoder cannot run (the message says why)."""
+
+
 class _ModelStepper:
     """Prefill + one-token steps through the model's own forward and a DynamicCache (any causal LM)."""
 
@@ -82,7 +86,7 @@ def stepper(model: torch.nn.Module, decoder: str = "auto") -> FastDecoder | _Mod
     if isinstance(fast, FastDecoder):
         return fast
     if decoder == "fast":
-        raise ValueError(f"rollout.decoder: fast cannot run this model: {fast}")
+        raise DecoderError(f"rollout.decoder: fast cannot run this model: {fast}; use auto or hf")
     return _ModelStepper(model)
 
 
