@@ -158,7 +158,7 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
     from rshape.evaluate import greedy_eval
     from rshape.models import load_policy, resolve_device, resolve_dtype
     from rshape.recipe import recipe_to_yaml
-    from rshape.runs import load_trainable_weights, manifest, prepare_run_dir, read_jsonl, truncate_jsonl_after_step
+    from rshape.runs import manifest, prepare_run_dir, read_jsonl, restore_checkpoint, truncate_jsonl_after_step
     from rshape.tasks import build_task
 
     device = resolve_device(recipe.device)
@@ -171,12 +171,7 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     start = 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        load_trainable_weights(model, ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+        start = restore_checkpoint(run_dir, model, optimizer)["step"]
         truncate_jsonl_after_step(run_dir / "metrics.jsonl", start)
         truncate_jsonl_after_step(run_dir / "eval.jsonl", min(start, cfg.steps - 1))  # the final eval is redone
     else:

@@ -184,6 +184,17 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def restore_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load the run's latest checkpoint: trainable weights into the model, the optimizer state, torch's RNG.
+    Returns the saved trainer state (step, scheduler, sampler... as the trainer wrote them)."""
+    ckpt = latest_checkpoint(run_dir)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    load_trainable_weights(model, ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
 def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Restore the trainable tensors saved with the checkpoint (adapter or full weights)."""
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)

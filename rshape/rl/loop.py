@@ -46,10 +46,9 @@ from rshape.rl.sampling import sample_keys
 from rshape.runs import (
     JsonlWriter,
     RunDirError,
-    latest_checkpoint,
-    load_trainable_weights,
     manifest,
     prepare_run_dir,
+    restore_checkpoint,
     save_checkpoint,
     trainable_state_dict,
     truncate_jsonl_after_step,
@@ -263,13 +262,9 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
 
     start_step = 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        load_trainable_weights(model, ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore_checkpoint(run_dir, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
         rewards.load_state_dict(state["reward_state"])
         start_step = state["step"]
         if start_step >= recipe.train.steps:

@@ -279,7 +279,21 @@ def export_rm(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_di
 # --------------------------------------------------------------------------- inference-time loading
 
 
-class RewardModel:
+class SavedRewardStats:
+    """The reward mean/std that `train-rm` saved in the model's metadata (`meta`), for z-scoring."""
+
+    meta: dict[str, Any]
+
+    @property
+    def mean(self) -> float | None:
+        return self.meta.get("reward_mean")
+
+    @property
+    def std(self) -> float | None:
+        return self.meta.get("reward_std")
+
+
+class RewardModel(SavedRewardStats):
     """A trained RM loaded for scoring: `score(prompts, responses)` → [N] (attribute-weighted) reward."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any],
@@ -294,14 +308,6 @@ class RewardModel:
     def attribute_weights(self) -> list[float]:
         w = self.meta.get("attribute_weights")
         return list(w) if w else [1.0 / self.num_attributes] * self.num_attributes
-
-    @property
-    def mean(self) -> float | None:
-        return self.meta.get("reward_mean")
-
-    @property
-    def std(self) -> float | None:
-        return self.meta.get("reward_std")
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> RewardModel:
@@ -369,7 +375,7 @@ def aggregate_members(scores: torch.Tensor, how: str = "mean", k: float = 1.0) -
     raise ValueError(f"unknown aggregate {how!r}; valid: mean, min, mean_minus_std")
 
 
-class EnsembleRM:
+class EnsembleRM(SavedRewardStats):
     """K reward models scored together; `score` aggregates, `score_members` gives the [K, N] matrix."""
 
     def __init__(self, members: list[RewardModel], aggregate: str = "mean", k: float = 1.0,
@@ -379,14 +385,6 @@ class EnsembleRM:
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.members[0].tokenizer
-
-    @property
-    def mean(self) -> float | None:
-        return self.meta.get("reward_mean")
-
-    @property
-    def std(self) -> float | None:
-        return self.meta.get("reward_std")
 
     @classmethod
     def load_paths(cls, paths: Sequence[str | Path], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from rshape.recipe import (
     LoraConfig,
+    OptimConfig,
     RecipeError,
     RunSettings,
     Section,
@@ -122,19 +123,13 @@ class RMLossConfig(Section):
     """Weight of a tie pair's loss relative to a preference pair's."""
 
 
-class RMOptimConfig(Section):
+class RMOptimConfig(OptimConfig):
+    """The rl optimizer section with reward-model defaults."""
+
     lr: float = Field(5e-5, gt=0)
     """AdamW learning rate."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     """Learning-rate schedule after warm-up (linear and cosine decay to 0 at the last step)."""
-    warmup_steps: int = Field(0, ge=0)
-    """Linear warm-up steps."""
-    max_grad_norm: float = Field(1.0, gt=0)
-    """Gradient clipping norm."""
 
 
 class RMTrainConfig(Section):
