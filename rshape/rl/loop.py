@@ -32,7 +32,6 @@ from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import RewardBatch, build_rewards
 from rshape.rl.advantages import ADVANTAGES, AdvantageInputs, estimator_needs
 from rshape.rl.context import LoopContext, batch_from_rollouts
-from rshape.rl.fast_decode import fast_decoder_problem
 from rshape.rl.loss import (
     clipped_policy_loss,
     completion_logits,
@@ -41,7 +40,7 @@ from rshape.rl.loss import (
     rows_per_chunk,
     token_logprobs,
 )
-from rshape.rl.rollout import DecoderError, Rollouts, concat_rollouts, rollout
+from rshape.rl.rollout import Rollouts, check_decoder, concat_rollouts, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.runs import (
     JsonlWriter,
@@ -242,8 +241,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     schedules = {name: parse_schedule(spec) for name, spec in recipe.schedules.items()}
     policy = load_policy(recipe.model, device, dtype, keep_reference=recipe.algorithm.kl_beta > 0)
     model, tokenizer = policy.model, policy.tokenizer
-    if recipe.rollout.decoder == "fast" and (problem := fast_decoder_problem(model)) is not None:
-        raise DecoderError(f"rollout.decoder: fast cannot run this model: {problem}; use auto or hf")
+    check_decoder(model, recipe.rollout.decoder)  # before anything is written to the run directory
     model.train()
     params = policy.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=recipe.optim.betas,

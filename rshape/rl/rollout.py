@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from rshape.rl.fast_decode import FastDecoder, fast_decoder
+from rshape.rl.fast_decode import FastDecoder, fast_decoder, fast_decoder_problem
 from rshape.rl.sampling import pick_tokens
 from rshape.tasks.base import Problem
 
@@ -75,19 +75,20 @@ class _ModelStepper:
         return out.logits[:, -1, :]
 
 
+def check_decoder(model: torch.nn.Module, decoder: str) -> None:
+    """Raise DecoderError when `decoder` is `fast` and the fast decoder cannot run this model."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+    if decoder == "fast" and (problem := fast_decoder_problem(model)) is not None:
+        raise DecoderError(f"rollout.decoder: fast cannot run this model: {problem}; use auto or hf")
+
+
 def stepper(model: torch.nn.Module, decoder: str = "auto") -> FastDecoder | _ModelStepper:
     """The decoder `generate` runs: `fast` (rshape.rl.fast_decode; an error if the model is not supported),
     `hf` (the model's own forward), or `auto` (fast when supported, else hf)."""
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
-    if decoder == "hf":
-        return _ModelStepper(model)
-    fast = fast_decoder(model)
-    if isinstance(fast, FastDecoder):
-        return fast
-    if decoder == "fast":
-        raise DecoderError(f"rollout.decoder: fast cannot run this model: {fast}; use auto or hf")
-    return _ModelStepper(model)
+    check_decoder(model, decoder)
+    fast = fast_decoder(model) if decoder != "hf" else None
+    return fast if isinstance(fast, FastDecoder) else _ModelStepper(model)
 
 
 @torch.no_grad()
