@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -369,7 +370,9 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
                 update = policy_update(policy, ro, advantages, recipe, optimizer, params, step)
             else:  # nothing to learn from (every group dropped or masked): no optimizer step
                 update = {"optim/skipped": 1.0}
-            scheduler.step()
+            with warnings.catch_warnings():  # the LR follows RL steps, skipped or not: torch's order warning is moot
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                scheduler.step()
             dt = time.perf_counter() - t0
 
             metrics = {"step": step, **scores.metrics, **policy_view, **update, **sampling,
