@@ -110,9 +110,12 @@ def common_eos(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, ke
 
 @pytest.mark.parametrize("sampled", [True, False])
 def test_fast_and_hf_decoders_give_the_same_tokens(sampled, monkeypatch):
-    kept: list[int] = []
-    keep_rows = FastDecoder.keep_rows
-    monkeypatch.setattr(FastDecoder, "keep_rows", lambda self, rows: (kept.append(len(rows)), keep_rows(self, rows)))
+    from rshape.rl.rollout import _ModelStepper
+
+    kept: dict[str, list[int]] = {"fast": [], "hf": []}
+    for cls, name in ((FastDecoder, "fast"), (_ModelStepper, "hf")):
+        original = cls.keep_rows
+        monkeypatch.setattr(cls, "keep_rows", lambda self, rows, o=original, n=name: (kept[n].append(len(rows)), o(self, rows)))
     model = with_lora(tiny("llama_gqa"))
     ids, mask = prompts()
     ids, mask = ids.repeat(4, 1), mask.repeat(4, 1)  # 12 rows
@@ -128,7 +131,10 @@ def test_fast_and_hf_decoders_give_the_same_tokens(sampled, monkeypatch):
     if sampled:  # rows really stopped at different steps, and the fast decoder dropped them on the way
         stops = {int((row == eos).int().argmax()) for row in out["fast"][0] if (row == eos).any()}
         assert len(stops) >= 3
-        assert kept and kept == sorted(kept, reverse=True) and kept[-1] < 12
+        assert kept["fast"][0] == 12  # the prefill copies the cache rows of identical prompts (3 prompts, 12 rows)
+        dropped = kept["fast"][1:]
+        assert dropped and dropped == sorted(dropped, reverse=True) and dropped[-1] < 12
+        assert kept["hf"] == dropped  # both decoders drop the same finished rows
 
 
 def test_finished_rows_are_padded_and_entropy_zero():

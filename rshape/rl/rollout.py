@@ -68,6 +68,11 @@ class _ModelStepper:
                          logits_to_keep=1, **self.cache)
         return out.logits[:, -1, :]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (indices into the current batch) in the cache and mask."""
+        next(iter(self.cache.values())).batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions[:, None],
@@ -100,8 +105,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
 
     input_ids, attention_mask: [R, P] left-padded.  Returns tokens [R, T] (T ≤ max_new_tokens) with
     EOS kept and pad after it, and, if asked, the entropy of the temperature-scaled sampling
-    distribution at each generated token [R, T] (0 after EOS). Stops as soon as every row has produced EOS;
-    the fast decoder also drops finished rows from its batch and cache once a quarter of them are done.
+    distribution at each generated token [R, T] (0 after EOS). Finished rows leave the batch and the KV cache
+    once a quarter of the live rows are done; generation stops when every row has produced EOS.
     A row's tokens depend only on its own prompt and key. `decoder`: see `stepper`.
     """
     rows, device = input_ids.shape[0], input_ids.device
@@ -126,7 +131,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         n_done = int(done.sum())
         if n_done == len(live) or t == max_new_tokens - 1:
             break
-        if hasattr(run, "keep_rows") and 4 * n_done >= len(live):  # drop finished rows once a quarter are done
+        if 4 * n_done >= len(live):  # drop finished rows from the batch and cache once a quarter are done
             keep = (~done).nonzero().squeeze(1)
             run.keep_rows(keep)
             live, next_pos, tok, done = live[keep], next_pos[keep], tok[keep], done[keep]
