@@ -108,8 +108,8 @@ class RolloutConfig(Section):
     """Name of a schedule in `schedules` (e.g. `budget`) that sets the generation limit each step
     (rounded; never above max_new_tokens) — a token budget driving generation."""
     decoder: Literal["auto", "fast", "hf"] = "auto"
-    """Generation engine: `fast` = rshape's lean decoder for Llama/Mistral/Qwen2/Qwen3 (LoRA merged on
-    the fly, fused projections, static KV cache, finished rows dropped; same logits as the model),
+    """Generation engine: `fast` = rshape's lean decoder for Llama/Mistral/Qwen2/Qwen3 (LoRA merged and
+    projections fused while the copy is under 1 GiB, static KV cache, finished rows dropped; same logits as the model),
     `hf` = the model's own forward with a DynamicCache (any causal LM), `auto` = fast when supported."""
 
 

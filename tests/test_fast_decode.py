@@ -54,7 +54,8 @@ def reference_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
 
 @pytest.mark.parametrize("kind", ["llama", "llama_gqa", "qwen2", "qwen3"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_logits_match_the_model_forward_step_by_step(kind, lora):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_logits_match_the_model_forward_step_by_step(kind, lora, fuse):
     model = tiny(kind)
     if kind == "qwen2":
         with torch.no_grad():  # Qwen2 inits biases at 0; make them matter
@@ -63,8 +64,8 @@ def test_logits_match_the_model_forward_step_by_step(kind, lora):
                     proj.bias.normal_(0, 0.5)
     model = with_lora(model) if lora else model
     ids, mask = prompts()
-    dec = fast_decoder(model)
-    assert isinstance(dec, FastDecoder), dec
+    dec = fast_decoder(model, fuse=fuse)
+    assert isinstance(dec, FastDecoder) and dec.fused == fuse, dec
     appended = torch.tensor([[13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]])
     with torch.no_grad():
         got = [dec.prefill(ids, mask, positions_from_mask(mask), max_new_tokens=appended.shape[1])]
@@ -193,3 +194,25 @@ def test_cli_fast_decoder_on_an_unsupported_model_is_one_line(tmp_path):
     assert errors == ["error: rollout.decoder: fast cannot run this model: model type 'gpt2' "
                       "(supported: llama, mistral, qwen2, qwen3); use auto or hf"]
     assert not any((tmp_path / "run").glob("*"))  # nothing was written
+
+
+def test_fusing_follows_the_memory_budget(monkeypatch):
+    import rshape.rl.fast_decode as fd
+
+    model = with_lora(tiny("llama"))
+    assert fast_decoder(model).fused  # a tiny model: merge LoRA and fuse the projections
+    monkeypatch.setattr(fd, "FUSE_BUDGET_BYTES", 0)
+    assert not fast_decoder(model).fused  # too big to copy: the model's weights and LoRA factors as they are
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_bfloat16_model_with_float32_adapters(fuse):
+    """peft keeps adapters in float32 on a bfloat16 base; both decoder modes follow the model's forward."""
+    model = with_lora(tiny("llama").to(torch.bfloat16))
+    lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    assert lora_a.dtype == torch.float32 and model.base_model.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    ids, mask = prompts()
+    want = reference_logits(model, ids, mask)[:, -1].float()
+    with torch.no_grad():
+        got = fast_decoder(model, fuse=fuse).prefill(ids, mask, positions_from_mask(mask), max_new_tokens=1).float()
+    assert (got - want).abs().max() < 0.03 * want.abs().max()  # bfloat16 rounding (adapters off: 1.3x the max)

@@ -9,6 +9,10 @@ tensors taken from the model at the start of each rollout:
     qkv = x·[W_q; W_k; W_v]ᵀ                (one matmul instead of three, likewise gate/up)
     K, V written in place into [R, H_kv, P + T_max, d] buffers; attention by SDPA over the filled prefix
 
+Merging and fusing copies the projection weights, so it is done while the copy stays under
+FUSE_BUDGET_BYTES (1 GiB); a larger model, where matmuls dominate anyway, runs each projection from its
+own weight with the LoRA factors applied to the activations, as peft does, and copies nothing.
+
 and computes, op for op, what the model's own forward computes (RMSNorm in float32, rotary tables from
 the model's own rotary module, the same scaling), so its logits match the model's to float rounding
 (tests/test_fast_decode.py checks logits and sampled tokens against the model's forward).
@@ -28,6 +32,9 @@ import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+FUSE_BUDGET_BYTES = 1 << 30  # merge LoRA and fuse projections (a copy of the weights) up to this many bytes
 
 
 class Unsupported(Exception):
@@ -63,26 +70,53 @@ def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
     return weight, (linear.bias.detach() if linear.bias is not None else None)
 
 
-def _cat_bias(biases: list[torch.Tensor | None], weights: list[torch.Tensor]) -> torch.Tensor | None:
-    if all(b is None for b in biases):
-        return None
-    return torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(biases, weights)])
+@dataclass
+class Projection:
+    """y = x·Wᵀ + b + Σ_adapters s·(x·Aᵀ)·Bᵀ, the outputs of several such maps concatenated.
+
+    Fused (small models, where the count of ops per token is the cost): one merged weight, W_eff = [W₁ + s·B₁A₁;
+    W₂ + …], and no LoRA terms — one matmul. Low-rank (large models, where a merged copy of the weights would
+    cost memory): each part's own W (no copy) and its LoRA factors applied to the activations."""
+
+    parts: list[tuple[torch.Tensor, torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor, float]]]]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for weight, bias, loras in self.parts:
+            y = F.linear(x, weight, bias)
+            for lora_a, lora_b, scale in loras:  # as peft: in the adapters' dtype, cast back
+                y = y + (F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b) * scale).to(y.dtype)
+            outs.append(y)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    @classmethod
+    def of(cls, modules: list[torch.nn.Module], fuse: bool) -> Projection:
+        if fuse:
+            merged = [effective_weight(m) for m in modules]
+            weights = [w for w, _ in merged]
+            biases = [b for _, b in merged]
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(biases, weights)])
+            return cls([(weights[0] if len(weights) == 1 else torch.cat(weights), bias, [])])
+        parts = []
+        for m in modules:
+            linear = getattr(m, "base_layer", m)
+            loras = [(m.lora_A[n].weight.detach(), m.lora_B[n].weight.detach(), float(m.scaling[n]))
+                     for n in _active_adapters(m)]
+            parts.append((linear.weight.detach(), linear.bias.detach() if linear.bias is not None else None, loras))
+        return cls(parts)
 
 
 @dataclass
 class FastLayer:
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [(H + 2·H_kv)·d, hidden]
-    qkv_bias: torch.Tensor | None
+    qkv: Projection  # hidden → (H + 2·H_kv)·d
     q_norm: torch.Tensor | None  # [d] (qwen3)
     k_norm: torch.Tensor | None
-    o: torch.Tensor  # [hidden, H·d]
-    o_bias: torch.Tensor | None
+    o: Projection  # H·d → hidden
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2·I, hidden]
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [hidden, I]
-    down_bias: torch.Tensor | None
+    gate_up: Projection  # hidden → 2·I
+    down: Projection  # I → hidden
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -128,7 +162,7 @@ def check_supported(model: torch.nn.Module) -> torch.nn.Module:
 class FastDecoder:
     """Prefill + one-token steps over a static KV cache for `rows` sequences of up to `max_len` tokens."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, fuse: bool | None = None) -> None:
         base = check_supported(model)
         cfg = base.config
         decoder = base.model
@@ -136,34 +170,30 @@ class FastDecoder:
         self.embed = effective_weight_embedding(decoder.embed_tokens)
         self.norm = decoder.norm.weight.detach()
         self.eps = float(decoder.norm.variance_epsilon)
-        self.lm_head, self.lm_head_bias = effective_weight(base.lm_head)
+        if fuse is None:  # merge and fuse while the copy is small; larger models keep their weights and LoRA factors
+            fuse = projection_bytes(decoder) <= FUSE_BUDGET_BYTES
+        self.fused = fuse
+        self.lm_head = Projection.of([base.lm_head], fuse)
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = decoder.layers[0].self_attn.scaling
-        self.layers = [self._layer(layer) for layer in decoder.layers]
+        self.layers = [self._layer(layer, fuse) for layer in decoder.layers]
         self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.key_valid = torch.empty(0)
         self.length = 0
 
     @staticmethod
-    def _layer(layer: torch.nn.Module) -> FastLayer:
+    def _layer(layer: torch.nn.Module, fuse: bool) -> FastLayer:
         attn, mlp = layer.self_attn, layer.mlp
-        q, qb = effective_weight(attn.q_proj)
-        k, kb = effective_weight(attn.k_proj)
-        v, vb = effective_weight(attn.v_proj)
-        o, ob = effective_weight(attn.o_proj)
-        g, gb = effective_weight(mlp.gate_proj)
-        u, ub = effective_weight(mlp.up_proj)
-        d, db = effective_weight(mlp.down_proj)
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         return FastLayer(
             input_norm=layer.input_layernorm.weight.detach(),
-            qkv=torch.cat([q, k, v]), qkv_bias=_cat_bias([qb, kb, vb], [q, k, v]),
+            qkv=Projection.of([attn.q_proj, attn.k_proj, attn.v_proj], fuse),
             q_norm=q_norm.weight.detach() if q_norm is not None else None,
             k_norm=k_norm.weight.detach() if k_norm is not None else None,
-            o=o, o_bias=ob, post_norm=layer.post_attention_layernorm.weight.detach(),
-            gate_up=torch.cat([g, u]), gate_up_bias=_cat_bias([gb, ub], [g, u]), down=d, down_bias=db)
+            o=Projection.of([attn.o_proj], fuse), post_norm=layer.post_attention_layernorm.weight.detach(),
+            gate_up=Projection.of([mlp.gate_proj, mlp.up_proj], fuse), down=Projection.of([mlp.down_proj], fuse))
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, start: int) -> torch.Tensor:
         """Hidden states of the last position after writing K/V of ids [R, T] at cache slots start..start+T-1."""
@@ -174,7 +204,7 @@ class FastDecoder:
         end = start + T
         for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(R, T, H + 2 * Hkv, d)
+            qkv = layer.qkv(h).view(R, T, H + 2 * Hkv, d)
             qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv:]
             if layer.q_norm is not None:
                 qk = torch.cat([_rms_norm(qk[:, :, :H], layer.q_norm, self.eps),
@@ -184,14 +214,14 @@ class FastDecoder:
             v_cache[:, :, start:end] = v.transpose(1, 2)
             attn = F.scaled_dot_product_attention(qk[:, :H], k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=attn_mask,
                                                   scale=self.scaling, enable_gqa=H != Hkv)
-            x = x + F.linear(attn.transpose(1, 2).reshape(R, T, H * d), layer.o, layer.o_bias)
+            x = x + layer.o(attn.transpose(1, 2).reshape(R, T, H * d))
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
         return _rms_norm(x[:, -1], self.norm, self.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head, self.lm_head_bias)
+        return self.lm_head(hidden)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 max_new_tokens: int) -> torch.Tensor:
@@ -246,6 +276,17 @@ def _first_row(row_of: torch.Tensor, count: int) -> torch.Tensor:
     return first.scatter_reduce(0, row_of, torch.arange(len(row_of), device=row_of.device), reduce="amin")
 
 
+def projection_bytes(decoder: torch.nn.Module) -> int:
+    """Bytes of the attention and MLP projection weights: the size of the copy a fused decoder makes."""
+    total = 0
+    for layer in decoder.layers:
+        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                  layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            w = getattr(m, "base_layer", m).weight
+            total += w.numel() * w.element_size()
+    return total
+
+
 def fast_decoder_problem(model: torch.nn.Module) -> str | None:
     """Why the fast decoder cannot run this model, or None; checks only, builds nothing."""
     try:
@@ -255,9 +296,9 @@ def fast_decoder_problem(model: torch.nn.Module) -> str | None:
     return None
 
 
-def fast_decoder(model: torch.nn.Module) -> FastDecoder | str:
+def fast_decoder(model: torch.nn.Module, fuse: bool | None = None) -> FastDecoder | str:
     """A FastDecoder over the model's current weights, or the reason it cannot run this model."""
     try:
-        return FastDecoder(model)
+        return FastDecoder(model, fuse)
     except Unsupported as e:
         return str(e)
