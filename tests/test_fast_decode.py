@@ -216,3 +216,15 @@ def test_bfloat16_model_with_float32_adapters(fuse):
     with torch.no_grad():
         got = fast_decoder(model, fuse=fuse).prefill(ids, mask, positions_from_mask(mask), max_new_tokens=1).float()
     assert (got - want).abs().max() < 0.03 * want.abs().max()  # bfloat16 rounding (adapters off: 1.3x the max)
+
+
+def test_cache_grows_past_its_first_allocation(monkeypatch):
+    import rshape.rl.fast_decode as fd
+
+    monkeypatch.setattr(fd, "CACHE_GROWTH", 5)  # prompts of 5 tokens + 5 slots, then +5 at a time
+    model = with_lora(tiny("llama_gqa"))
+    ids, mask = prompts()
+    keys = sample_keys(0, 1, ["a", "b", "c"], [0, 0, 0])
+    out = {d: generate(model, ids, mask, max_new_tokens=23, eos_token_id=-1, pad_token_id=0, keys=keys, decoder=d)[0]
+           for d in ("hf", "fast")}
+    assert out["fast"].shape == (3, 23) and torch.equal(out["hf"], out["fast"])

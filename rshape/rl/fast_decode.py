@@ -7,7 +7,8 @@ tensors taken from the model at the start of each rollout:
 
     W_eff = W + Σ_adapters scale·B·A        (the weight peft would merge; the model is not touched)
     qkv = x·[W_q; W_k; W_v]ᵀ                (one matmul instead of three, likewise gate/up)
-    K, V written in place into [R, H_kv, P + T_max, d] buffers; attention by SDPA over the filled prefix
+    K, V written in place into preallocated [R, H_kv, L, d] buffers (L grows 256 slots at a time up to
+    P + T_max); attention by SDPA over the filled prefix
 
 Merging and fusing copies the projection weights, so it is done while the copy stays under
 FUSE_BUDGET_BYTES (1 GiB); a larger model, where matmuls dominate anyway, runs each projection from its
@@ -34,6 +35,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
+CACHE_GROWTH = 256  # KV-cache slots added at a time: memory follows the longest live row, not the limit
 FUSE_BUDGET_BYTES = 1 << 30  # merge LoRA and fuse projections (a copy of the weights) up to this many bytes
 
 
@@ -230,12 +232,10 @@ class FastDecoder:
         Identical prompts (the G samples of a group) are run once and their cache rows copied."""
         R, P = input_ids.shape
         total = P + max_new_tokens
-        dtype, device = self.embed.dtype, self.embed.device
+        device = self.embed.device
         unique, row_of = torch.unique(torch.cat([input_ids, attention_mask.long()], 1), dim=0, return_inverse=True)
         ids, mask, pos = unique[:, :P], unique[:, P:].bool(), positions[_first_row(row_of, len(unique))]
-        self.cache = [(torch.zeros(len(unique), self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device),
-                       torch.zeros(len(unique), self.num_kv_heads, total, self.head_dim, dtype=dtype, device=device))
-                      for _ in self.layers]
+        self.cache = self._allocate(len(unique), min(total, P + CACHE_GROWTH))
         table = torch.arange(total, device=device)[None]
         cos, sin = self.rotary(self.embed[:1], table)  # [1, total, d], the model's own RoPE (incl. scaling)
         self.cos, self.sin = cos[0], sin[0]
@@ -248,6 +248,12 @@ class FastDecoder:
         self.keep_rows(row_of)  # one cache row per input row
         return self.logits(hidden)[row_of]
 
+    def _allocate(self, rows: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (rows, self.num_kv_heads, capacity, self.head_dim)
+        dtype, device = self.embed.dtype, self.embed.device
+        return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                for _ in self.layers]
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices into the current batch) in the cache, e.g. drop finished ones."""
         self.cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cache]
@@ -257,6 +263,13 @@ class FastDecoder:
         """Append one token per row (tokens [R], positions [R]); → next-token logits [R, V]."""
         start = self.length
         self.length += 1
+        capacity = self.cache[0][0].shape[2]
+        if self.length > capacity:  # grow by CACHE_GROWTH slots at a time, up to P + max_new_tokens
+            grown = self._allocate(len(tokens), min(self.key_valid.shape[1], capacity + CACHE_GROWTH))
+            for (k_new, v_new), (k, v) in zip(grown, self.cache):
+                k_new[:, :, :start] = k[:, :, :start]
+                v_new[:, :, :start] = v[:, :, :start]
+            self.cache = grown
         mask = self.key_valid[:, None, None, : self.length]  # [R, 1, 1, L]
         return self.logits(self._forward(tokens[:, None], positions[:, None], mask, start))
 
