@@ -219,8 +219,8 @@ class RewardSet:
         for wc in self.components:
             if wc.combine == "multiply":  # the change a multiplier made to the total
                 metrics[f"reward/{wc.name}/weighted"] = (total - added).mean().item()
-        metrics["reward/total"] = total.mean().item()
-        metrics["reward/total_std"] = total.std(unbiased=False).item()
+        metrics["reward/total"] = total.mean().item() if n else float("nan")
+        metrics["reward/total_std"] = total.std(unbiased=False).item() if n else float("nan")
         advantages = None
         if self.mode == "normalize_then_sum":
             std = normalized.std() if n > 1 else torch.tensor(0.0)

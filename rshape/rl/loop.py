@@ -356,6 +356,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
             rewards.update_multipliers(raws)  # constrained components: λ moves after it is used
             seq_stats = sequence_stats(policy, ro, recipe, estimator_needs(advantage_fn, recipe.algorithm.advantage_params))
             advantages = (scores.advantages if scores.advantages is not None  # normalize_then_sum
+                          else torch.zeros(0) if not len(correct)  # every group dropped: nothing to learn from
                           else advantage_fn(AdvantageInputs(
                               rewards=scores.total, group_size=G, lengths=ro.lengths, correct=correct,
                               max_new_tokens=batch.max_new_tokens, eps=recipe.algorithm.adv_eps, **seq_stats),
