@@ -28,3 +28,28 @@ def make_random_model(path, hidden=32, layers=2, seed=0):
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory):
     return make_random_model(tmp_path_factory.mktemp("rand-tiny"))
+
+
+def make_reward_batch(lengths, correct, group_size, completions=None, truncated=None, *, ids=None, prompts=None,
+                      metas=None, answers=None, prompt_ids=None, entropies=None, context=None, step=0,
+                      max_new_tokens=0, schedule=None):
+    """A RewardBatch of N = len(lengths) completions in groups of `group_size`, for reward tests.
+
+    Defaults: completion i is "x"·lengths[i] with token ids [5]·lengths[i], prompt "p", gold answer "1",
+    problem id = its group index (or `prompt_ids`), empty metadata, not truncated."""
+    from rshape.rewards import RewardBatch
+    from rshape.tasks.base import Problem
+
+    n = len(lengths)
+    metas = metas or [{} for _ in range(n)]
+    answers = answers or ["1"] * n
+    pids = prompt_ids or [str(i // group_size) for i in range(n)]
+    return RewardBatch(
+        prompts=prompts or ["p"] * n,
+        completions=completions if completions is not None else ["x" * L for L in lengths],
+        completion_ids=ids if ids is not None else [[5] * L for L in lengths],
+        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
+        correct=torch.tensor(correct, dtype=torch.float),
+        problems=[Problem(id=pids[i], prompt="p", answer=answers[i], meta=metas[i]) for i in range(n)],
+        group_size=group_size, step=step, max_new_tokens=max_new_tokens, schedule=schedule or {},
+        token_entropies=entropies, context=context)

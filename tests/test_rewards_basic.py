@@ -4,23 +4,14 @@ import pickle
 
 import pytest
 import torch
+from conftest import make_reward_batch
 
-from rshape.rewards import RewardBatch, RewardConfigError, build_rewards
+from rshape.rewards import RewardConfigError, build_rewards
 from rshape.rewards.correctness import Correctness
 from rshape.rewards.format import Format
 from rshape.rewards.length import KimiLength
-from rshape.tasks.base import Problem
 
-
-def make_batch(lengths, correct, group_size, completions=None, truncated=None):
-    n = len(lengths)
-    completions = completions or ["x" * L for L in lengths]
-    return RewardBatch(
-        prompts=["p"] * n, completions=completions, completion_ids=[[5] * L for L in lengths],
-        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
-        correct=torch.tensor(correct, dtype=torch.float),
-        problems=[Problem(id=str(i // group_size), prompt="p", answer="1") for i in range(n)],
-        group_size=group_size)
+make_batch = make_reward_batch
 
 
 def test_correctness_scores():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_rewards_basic import make_batch
+from conftest import make_reward_batch as make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
 from rshape.rewards.combine import group_normalize

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import make_reward_batch
 from pydantic import ValidationError
 
-from rshape.rewards import RewardBatch
 from rshape.rewards.dense import (
     COMPONENTS as DENSE,
 )
@@ -35,24 +35,11 @@ from rshape.rewards.text import (
     sentence_bleu,
     tokenize_13a,
 )
-from rshape.tasks.base import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_batch(lengths, correct, group_size, completions=None, truncated=None, ids=None, prompts=None, metas=None,
-               answers=None, entropies=None, context=None):
-    n = len(lengths)
-    completions = completions if completions is not None else ["x" * L for L in lengths]
-    metas = metas or [{} for _ in range(n)]
-    answers = answers or ["1"] * n
-    return RewardBatch(
-        prompts=prompts or ["p"] * n, completions=completions,
-        completion_ids=ids if ids is not None else [[5] * L for L in lengths],
-        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
-        correct=torch.tensor(correct, dtype=torch.float),
-        problems=[Problem(id=str(i // group_size), prompt="p", answer=answers[i], meta=metas[i]) for i in range(n)],
-        group_size=group_size, token_entropies=entropies, context=context)
+make_batch = make_reward_batch
 
 
 # ----------------------------------------------------------------------------------------------- SAR

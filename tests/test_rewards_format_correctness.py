@@ -5,26 +5,14 @@ import random
 import re
 
 import pytest
-import torch
+from conftest import make_reward_batch
 from pydantic import ValidationError
 
-from rshape.rewards.base import RewardBatch
 from rshape.rewards.correctness import Correctness
 from rshape.rewards.format import Format, TagCount
 from rshape.rewards.surrogate import FormatLength, parse_answer, surrogate_length
-from rshape.tasks.base import Problem
 
-
-def make_batch(lengths, correct, group_size, completions=None, truncated=None, answers=None, max_new_tokens=0):
-    n = len(lengths)
-    completions = completions or ["x" * L for L in lengths]
-    answers = answers or ["1"] * n
-    return RewardBatch(
-        prompts=["p"] * n, completions=completions, completion_ids=[[5] * L for L in lengths],
-        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
-        correct=torch.tensor(correct, dtype=torch.float),
-        problems=[Problem(id=str(i // group_size), prompt="p", answer=answers[i]) for i in range(n)],
-        group_size=group_size, max_new_tokens=max_new_tokens)
+make_batch = make_reward_batch
 
 
 # =========================================================================== format and tag_count

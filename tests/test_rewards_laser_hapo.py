@@ -7,26 +7,18 @@ from collections import defaultdict
 
 import pytest
 import torch
+from conftest import make_reward_batch
 from pydantic import ValidationError
 
-from rshape.rewards.base import RewardBatch
 from rshape.rewards.history import Hapo
 from rshape.rewards.laser import Laser, LaserD, LaserDE, choose_targets, repetition_start
 from rshape.tasks.base import Problem
 
 
-def make_batch(lengths, correct, group_size, completions=None, truncated=None, ids=None, step=0,
-               max_new_tokens=64, schedule=None, context=None, prompt_ids=None):
-    n = len(lengths)
+def make_batch(lengths, correct, group_size, completions=None, truncated=None, max_new_tokens=64, **kw):
+    """Reward batches whose completions default to a tagged answer, with a 64-token generation limit."""
     completions = completions or ["<answer>1</answer>" for _ in lengths]
-    pids = prompt_ids or [str(i // group_size) for i in range(n)]
-    return RewardBatch(
-        prompts=["p"] * n, completions=completions,
-        completion_ids=ids or [[5] * L for L in lengths],
-        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
-        correct=torch.tensor(correct, dtype=torch.float),
-        problems=[Problem(id=pids[i], prompt="p", answer="1") for i in range(n)],
-        group_size=group_size, step=step, max_new_tokens=max_new_tokens, schedule=schedule or {}, context=context)
+    return make_reward_batch(lengths, correct, group_size, completions, truncated, max_new_tokens=max_new_tokens, **kw)
 
 
 class FakeContext:

@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
+from conftest import make_reward_batch
 from pydantic import ValidationError
 
-from rshape.rewards.base import RewardBatch
 from rshape.rewards.length import (
     COMPONENTS,
     CosineLength,
@@ -25,20 +25,8 @@ from rshape.rewards.length import (
     TltsLength,
     apply_multiplier,
 )
-from rshape.tasks.base import Problem
 
-
-def make_batch(lengths, correct, group_size, completions=None, truncated=None, max_new_tokens=0, schedule=None,
-               meta=None):
-    n = len(lengths)
-    completions = completions if completions is not None else ["x" * L for L in lengths]
-    meta = meta or [{} for _ in range(n)]
-    return RewardBatch(
-        prompts=["p"] * n, completions=completions, completion_ids=[[5] * L for L in lengths],
-        lengths=torch.tensor(lengths), truncated=torch.tensor(truncated or [False] * n),
-        correct=torch.tensor(correct, dtype=torch.float),
-        problems=[Problem(id=str(i // group_size), prompt="p", answer="1", meta=meta[i]) for i in range(n)],
-        group_size=group_size, max_new_tokens=max_new_tokens, schedule=schedule or {})
+make_batch = make_reward_batch
 
 
 def random_batch(rng, groups, group_size, max_len=200, max_new_tokens=0, p_trunc=0.0):
@@ -269,11 +257,11 @@ def test_stop_properly_matches_openrlhf():
 
 def test_lcpo_by_hand():
     meta = [{"target_length": 100}] * 4
-    b = make_batch([100, 50, 200, 0], [1, 1, 0, 1], 4, meta=meta)
+    b = make_batch([100, 50, 200, 0], [1, 1, 0, 1], 4, metas=meta)
     assert LcpoExact()(b).tolist() == pytest.approx([1.0, 1 - 0.015, -0.03, 1 - 0.03], abs=1e-6)
     # max: c·clip(0.0003·(100 − L) + 0.5, 0, 1)
     assert LcpoMax()(b).tolist() == pytest.approx([0.5, 0.515, 0.0, 0.53], abs=1e-6)
-    far = make_batch([5000, 0], [1, 1], 2, meta=[{"target_length": 100}, {"target_length": 5000}])
+    far = make_batch([5000, 0], [1, 1], 2, metas=[{"target_length": 100}, {"target_length": 5000}])
     assert LcpoMax()(far).tolist() == pytest.approx([0.0, 1.0])  # clipped at both ends
 
 
@@ -283,7 +271,7 @@ def test_lcpo_matches_l1_code():
         lengths = [rng.randint(0, 4000) for _ in range(8)]
         correct = [float(rng.random() < 0.5) for _ in lengths]
         targets = [rng.choice([512, 1024, 2048, 3600]) for _ in lengths]
-        b = make_batch(lengths, correct, 4, meta=[{"target_length": t} for t in targets])
+        b = make_batch(lengths, correct, 4, metas=[{"target_length": t} for t in targets])
         want = [ref_l1(t, L, c) for t, L, c in zip(targets, lengths, correct)]
         assert LcpoExact(alpha=1 / 3000)(b).tolist() == pytest.approx(want, abs=1e-5)
         want = [ref_l1(-t, L, c) for t, L, c in zip(targets, lengths, correct)]
@@ -295,12 +283,12 @@ def test_lcpo_target_sources():
     assert LcpoExact(alpha=0.01)(b).tolist() == pytest.approx([0.9, 1.0])  # falls back to the schedule
     b = make_batch([10, 20], [1, 1], 2)
     assert LcpoExact(alpha=0.01, target=10)(b).tolist() == pytest.approx([1.0, 0.9])  # then to `target`
-    b = make_batch([10, 20], [1, 1], 2, meta=[{"n": 10}, {"n": 10}], schedule={"budget": 20})
+    b = make_batch([10, 20], [1, 1], 2, metas=[{"n": 10}, {"n": 10}], schedule={"budget": 20})
     assert LcpoExact(alpha=0.01, target_key="n")(b).tolist() == pytest.approx([1.0, 0.9])  # meta wins
-    b = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 2, meta=[{"target_length": 5}, {"target_length": 5}, {}, {}])
+    b = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 2, metas=[{"target_length": 5}, {"target_length": 5}, {}, {}])
     with pytest.raises(ValueError, match=r"sample 2 \(problem '1'\).*target_length"):
         LcpoMax()(b)
-    b = make_batch([10], [1], 1, meta=[{"target_length": -3}])
+    b = make_batch([10], [1], 1, metas=[{"target_length": -3}])
     with pytest.raises(ValueError, match="positive"):
         LcpoExact()(b)
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from test_rewards_basic import make_batch
+from conftest import make_reward_batch as make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
 from rshape.rewards.process import ProcessReward, addition_step_scores, refine_step_rewards
