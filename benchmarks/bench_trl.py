@@ -1,7 +1,7 @@
 """rshape vs TRL: GRPO seconds per step and peak memory on the CPU, same model, prompts and settings.
 
-    python benchmarks/bench_trl.py                  # defaults: 12 steps, 8 prompts x 8 completions, 64 new tokens
-    python benchmarks/bench_trl.py --steps 4 --json out.json
+    python benchmarks/bench_trl.py                  # defaults: 3 rounds x 12 steps, 8 prompts x 8 completions, 64 new tokens
+    python benchmarks/bench_trl.py --steps 4 --rounds 1 --json out.json   # a quick look
     python benchmarks/bench_trl.py --no-lora        # full fine-tuning on both sides
 
 Each framework runs in its own subprocess (`--worker trl|rshape`), one after the other, so each peak RSS
@@ -280,7 +280,8 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True, help="LoRA (default) or full fine-tuning")
-    p.add_argument("--rounds", type=int, default=1, help="runs of each framework, alternating; steps are pooled")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each framework, alternating; steps are pooled "
+                   "(timings on a shared VM swing ±20%% from run to run)")
     p.add_argument("--model", help="model directory (default: built-in tiny policy if present, else a random tiny Llama)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", choices=["trl", "rshape"], help=argparse.SUPPRESS)
