@@ -221,6 +221,7 @@ elif behaviour == "kill":
 elif behaviour == "slow":
     open(os.path.join(run_dir, "started"), "w").close()
     time.sleep(120)
+    open(os.path.join(run_dir, "slept_to_the_end"), "w").close()
 """
 
 
@@ -302,10 +303,9 @@ def test_ctrl_c_stops_children_and_leaves_a_resumable_state(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_when_started, daemon=True).start()
-    t0 = time.time()
     with pytest.raises(SweepInterrupted):
         run_sweep(load_sweep(f), command=fake_command(behaviours, []))
-    assert time.time() - t0 < 100  # liveness, not speed: the slow trials sleep 120 s, so they were stopped
+    assert not any((out / n / "slept_to_the_end").exists() for n in behaviours)  # stopped, not waited for
     assert statuses(out) == {"lr=0.001,seed=0": "interrupted", "lr=0.002,seed=0": "interrupted",
                              "lr=0.003,seed=0": "pending"}
     for name in behaviours:  # the children are gone
@@ -464,7 +464,5 @@ def test_orphan_of_a_killed_driver_is_stopped_before_the_retry(tmp_path):
                                                              "status": "running", "pid": orphan.pid,
                                                              "backend": "local", "attempts": 1}]}))
     launched = []
-    t0 = time.time()
     assert run_sweep(sw, command=fake_command({}, launched)).ok
-    assert orphan.wait(timeout=5) == -signal.SIGTERM and launched == [(trial.name, False)]
-    assert time.time() - t0 < 100  # liveness, not speed: the orphan sleeps 120 s, so it was stopped
+    assert orphan.wait(timeout=5) == -signal.SIGTERM and launched == [(trial.name, False)]  # stopped by a signal
