@@ -298,7 +298,7 @@ def test_ctrl_c_stops_children_and_leaves_a_resumable_state(tmp_path):
 
     def interrupt_when_started():
         deadline = time.time() + 60
-        while time.time() < deadline and not all((out / n / "started").exists() for n in behaviours):
+        while deadline > time.time() and not all((out / n / "started").exists() for n in behaviours):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
