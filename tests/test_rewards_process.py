@@ -72,7 +72,8 @@ def test_process_reward_on_completions(refine, col):
 
 def test_steps_split_by_region_and_pattern():
     comp = ProcessReward(region=None, step_pattern=r"\s*;\s*", scorer="user_rewards:step_lengths", refine="none")
-    assert comp.steps("ab; c ;; def") == ["ab", "c", "def"]
+    text = "ab; c ;; def"
+    assert [text[a:b] for a, b in comp.step_spans(text)] == ["ab", "c", "def"]
     assert comp(make_batch([1], [1], 1, completions=["ab; c ;; def"])).tolist() == [6.0]
 
 

@@ -129,10 +129,6 @@ class ProcessReward(RewardComponent):
                 start = sep.end()
         return spans
 
-    def steps(self, completion: str) -> list[str]:
-        """The reasoning steps of a completion (see the class docstring)."""
-        return [completion[a:b] for a, b in self.step_spans(completion)]
-
     def _score_fn(self) -> Callable[..., list[float | None]]:
         if self.scorer in BUILTIN_SCORERS:
             return BUILTIN_SCORERS[self.scorer]
@@ -167,10 +163,6 @@ class ProcessReward(RewardComponent):
         if any(not math.isfinite(r) for _, r in scored):
             raise ValueError(f"scorer {self.scorer!r} returned a non-finite step score: {raw}")
         return scored
-
-    def step_scores(self, prompt: Any, completion: str, problem: Problem | None) -> list[float]:
-        """r_1..r_K of one completion: the scorer's values for the pieces that are steps."""
-        return [r for _, r in self.scored_steps(prompt, completion, problem)]
 
     def _batch_steps(self, batch: RewardBatch) -> list[list[tuple[int, float]]]:
         """scored_steps of every completion, kept for the batch last seen (so step credit does not rescore)."""

@@ -43,6 +43,12 @@ class Unsupported(Exception):
     """The model cannot run on the fast decoder; the message says why."""
 
 
+def _projections(layer: torch.nn.Module) -> list[torch.nn.Module]:
+    """A decoder layer's linear maps: q, k, v, o, gate, up, down (each nn.Linear or a peft LoRA layer over one)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
+
 def _active_adapters(module: torch.nn.Module) -> list[str]:
     """The LoRA adapters a peft layer applies now (none when disabled or already merged); raises for a
     projection the fast decoder cannot merge (4-bit base, DoRA, anything but nn.Linear)."""
@@ -152,12 +158,8 @@ def check_supported(model: torch.nn.Module) -> torch.nn.Module:
         raise Unsupported(f"rope type {rope.get('rope_type')!r} depends on the sequence length")
     decoder = base.model
     effective_weight_embedding(decoder.embed_tokens)
-    _active_adapters(base.lm_head)
-    for layer in decoder.layers:
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            _active_adapters(getattr(layer.self_attn, name))
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            _active_adapters(getattr(layer.mlp, name))
+    for module in [base.lm_head, *(m for layer in decoder.layers for m in _projections(layer))]:
+        _active_adapters(module)
     return base
 
 
@@ -291,13 +293,8 @@ def _first_row(row_of: torch.Tensor, count: int) -> torch.Tensor:
 
 def projection_bytes(decoder: torch.nn.Module) -> int:
     """Bytes of the attention and MLP projection weights: the size of the copy a fused decoder makes."""
-    total = 0
-    for layer in decoder.layers:
-        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                  layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
-            w = getattr(m, "base_layer", m).weight
-            total += w.numel() * w.element_size()
-    return total
+    weights = [getattr(m, "base_layer", m).weight for layer in decoder.layers for m in _projections(layer)]
+    return sum(w.numel() * w.element_size() for w in weights)
 
 
 def fast_decoder_problem(model: torch.nn.Module) -> str | None:
