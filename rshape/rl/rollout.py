@@ -80,19 +80,23 @@ class _ModelStepper:
         return out.logits[:, -1, :]
 
 
-def check_decoder(model: torch.nn.Module, decoder: str) -> None:
-    """Raise DecoderError when `decoder` is `fast` and the fast decoder cannot run this model."""
+def _check_choice(decoder: str, problem: str | None) -> None:
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
-    if decoder == "fast" and (problem := fast_decoder_problem(model)) is not None:
+    if decoder == "fast" and problem is not None:
         raise DecoderError(f"rollout.decoder: fast cannot run this model: {problem}; use auto or hf")
+
+
+def check_decoder(model: torch.nn.Module, decoder: str) -> None:
+    """Raise DecoderError when `decoder` is `fast` and the fast decoder cannot run this model (builds nothing)."""
+    _check_choice(decoder, fast_decoder_problem(model) if decoder == "fast" else None)
 
 
 def stepper(model: torch.nn.Module, decoder: str = "auto") -> FastDecoder | _ModelStepper:
     """The decoder `generate` runs: `fast` (rshape.rl.fast_decode; an error if the model is not supported),
     `hf` (the model's own forward), or `auto` (fast when supported, else hf)."""
-    check_decoder(model, decoder)
-    fast = fast_decoder(model) if decoder != "hf" else None
+    fast = fast_decoder(model) if decoder in ("auto", "fast") else None
+    _check_choice(decoder, fast if isinstance(fast, str) else None)
     return fast if isinstance(fast, FastDecoder) else _ModelStepper(model)
 
 
