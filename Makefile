@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 # or install your own torch into the venv first — pip keeps an installed torch that satisfies the range.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# published claims re-tested on the graded tiny world (rshape/repro/claims.py; docs/reproductions.md)
+REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
+REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
-.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean
+.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean repro-all $(REPRO_TARGETS)
 
 install: $(STAMP)
 
@@ -27,7 +30,14 @@ quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape rl recipes/quickstart.yaml output_dir=runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 warmstart: install
-	$(PY) -m rshape.tasks.warmstart --out rshape/assets/tiny-addition
+	$(PY) -m rshape.tasks.warmstart --world addition
+	$(PY) -m rshape.tasks.warmstart --world graded
+
+$(REPRO_TARGETS): repro-%: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape repro $* --doc docs/reproductions.md
+
+repro-all: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape repro all --doc docs/reproductions.md
 
 sweep-demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape sweep recipes/sweep_demo.yaml

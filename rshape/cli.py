@@ -220,6 +220,52 @@ def sweep(
 
 
 @app.command()
+def repro(
+    names: Annotated[list[str], typer.Argument(help="Claims to reproduce (see `make repro-all`), or `all`.")],
+    smoke: Annotated[bool, typer.Option("--smoke", help="2 steps, 1 seed, tiny batches: check the pipeline only.")
+                     ] = False,
+    out: Annotated[str | None, typer.Option("--out", help="Directory of the claims' sweeps (default runs/repro, "
+                   "runs/repro/smoke with --smoke).")] = None,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1, help="Trials at once (default: the "
+                            "sweep file's).")] = None,
+    doc: Annotated[str | None, typer.Option("--doc", help="Also write this markdown report of every verdict found "
+                   "(e.g. docs/reproductions.md; figures are copied next to it).")] = None,
+) -> None:
+    """Reproduce published claims on the graded tiny world: sweep, results, figures and a verdict per claim."""
+    from pathlib import Path
+
+    from rshape.repro.claims import CLAIMS, get_claim
+
+    try:
+        claims = CLAIMS if names == ["all"] else [get_claim(n) for n in names]
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    from rshape.repro.report import write_doc
+    from rshape.repro.run import REPRO_ROOT, format_verdict, run_claim
+    from rshape.sweep import SweepError, SweepInterrupted
+
+    root = Path(out) if out else REPRO_ROOT / ("smoke" if smoke else "")
+    failed = []
+    for claim in claims:
+        try:
+            rec = run_claim(claim, root / claim.name, smoke=smoke, max_parallel=max_parallel,
+                            command=f"rshape repro {claim.name}" + (" --smoke" if smoke else ""))
+        except SweepError as exc:
+            fail(exc.lines)
+        except SweepInterrupted:
+            raise typer.Exit(130) from None
+        except RuntimeError as exc:
+            print(f"error: repro {claim.name}: {exc}", file=sys.stderr)
+            failed.append(claim.name)
+            continue
+        print(format_verdict(rec), flush=True)
+    if doc:
+        print(f"report: {write_doc(root, Path(doc))}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def results(
     directory: Annotated[str, typer.Argument(help="A sweep directory (or any directory of runs).")],
     rank_by: Annotated[str, typer.Option("--rank-by", help="Column that picks the best setting: accuracy (default), "
@@ -251,8 +297,9 @@ def plot(
                         "short name, or any dotted recipe key) instead of by setting.")] = None,
     smooth: Annotated[int | None, typer.Option("--smooth", min=1, help="Moving-average window of the training curves "
                       "in steps (default: steps / 10; 1 = raw).")] = None,
-    band: Annotated[str, typer.Option("--band", help="Band and error bars over seeds: ci95 (t-based 95% confidence "
-                    "interval of the mean) or sem (±1.96 standard errors).")] = "ci95",
+    band: Annotated[str, typer.Option("--band", help="Band and error bars over seeds: auto (min-max over seeds up to 4 "
+                    "seeds, t-based 95% confidence interval of the mean from 5), range (= minmax, min-max over seeds), "
+                    "ci95, sem (±1 standard error of the mean) or none. Single runs never get a band.")] = "auto",
 ) -> None:
     """Write the figures (PNG and PDF) of a run or a sweep: curves, Pareto front, length histograms, difficulty."""
     from rshape.plot import PlotError

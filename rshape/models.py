@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from rshape.recipe import ModelConfig
 
 ASSETS = Path(__file__).parent / "assets"
-BUILTIN_MODELS = {"builtin:tiny-addition": ASSETS / "tiny-addition"}
+# built-in policy → (directory, world of rshape.tasks.warmstart that rebuilds it)
+BUILTIN_MODELS = {"builtin:tiny-addition": ASSETS / "tiny-addition", "builtin:tiny-graded": ASSETS / "tiny-graded"}
+BUILTIN_WORLDS = {"builtin:tiny-addition": "addition", "builtin:tiny-graded": "graded"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -40,9 +42,9 @@ def resolve_model_path(name: str) -> str:
             raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}")
         path = BUILTIN_MODELS[name]
         if not (path / "config.json").is_file():
-            from rshape.tasks.warmstart import build_warmstart
+            from rshape.tasks.warmstart import build_world
 
-            build_warmstart(path)
+            build_world(BUILTIN_WORLDS[name], path)
         return str(path)
     return name
 

@@ -155,7 +155,7 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
     examples drawn with the seed (recipe seed, s), so with checkpoints every `train.checkpoint_every` steps
     (weights, optimizer, RNG) `resume` continues exactly where an interrupted phase stopped.
     """
-    from rshape.evaluate import greedy_eval
+    from rshape.evaluate import evaluate_recipe
     from rshape.models import load_policy, resolve_device, resolve_dtype
     from rshape.recipe import recipe_to_yaml
     from rshape.runs import manifest, prepare_run_dir, read_jsonl, restore_checkpoint, truncate_jsonl_after_step
@@ -178,12 +178,10 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
         write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"phase": "sft"}))
     metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
-    eval_tokens = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
 
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
-        m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens, batch_size=recipe.eval.batch_size,
-                           device=device, decoder=recipe.rollout.decoder)
+        m = evaluate_recipe(model, tokenizer, task, recipe, device)
         model.train()
         eval_log.write({"step": step, **m})
         return m

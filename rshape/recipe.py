@@ -73,8 +73,10 @@ class TaskConfig(Section):
     """addition: digit counts to draw problems from."""
     train_per_difficulty: int = Field(2000, gt=0)
     """addition: size of the train pool per digit count."""
-    eval_per_difficulty: int = Field(50, gt=0)
-    """addition: size of the held-out eval split per digit count."""
+    eval_per_difficulty: int = Field(250, gt=0)
+    """addition: size of the held-out eval split per digit count (fewer when the split is smaller: 1 digit has 20)."""
+    eval_seed: int = 0
+    """addition: seed of the held-out split's draw — its own key, so every training seed is scored on the same problems."""
     train_file: str | None = None
     """jsonl: training problems, one JSON object per line."""
     eval_file: str | None = None
@@ -191,11 +193,19 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(25, ge=0)
-    """Greedy eval on the held-out split every this many steps (and at start and end); 0 = start and end only."""
+    """Eval on the held-out split every this many steps (and at start and end); 0 = start and end only."""
     max_new_tokens: int | None = None
     """Generation limit for eval (defaults to rollout.max_new_tokens)."""
     batch_size: int = Field(64, gt=0)
-    """Prompts per generation batch during eval."""
+    """Completions per generation batch during eval."""
+    samples: int = Field(0, ge=0)
+    """0: one greedy completion per problem; k ≥ 1: k sampled completions, accuracy = avg@k (sampled pass@1)."""
+    temperature: float | None = Field(None, gt=0)
+    """Sampling temperature of eval.samples (default: rollout.temperature)."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Nucleus mass of eval.samples (default: rollout.top_p)."""
+    seed: int = 0
+    """Seed of eval.samples' noise, keyed by (seed, problem, sample) only: every checkpoint sees the same noise."""
 
 
 class RunSettings(Section):

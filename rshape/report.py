@@ -13,10 +13,14 @@ def _pct_change(a: float, b: float) -> str:
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
-    """Greedy eval at step 0 vs the last step, overall and per difficulty."""
+    """Held-out eval at step 0 vs the last step, overall and per difficulty, the final accuracy's 95% interval."""
     first, last = summary["first_eval"], summary["final_eval"]
-    table = Table(title=f"eval (greedy, held-out) — step {first.get('step', 0)} → step {summary['steps']}")
-    for col in ("split", "accuracy", "mean tokens"):
+    k = int(last.get("eval/samples_per_problem") or 1)
+    mode = f"avg@{k} sampled" if k > 1 else "greedy"
+    n = last.get("eval/problems")
+    size = f", {int(n)} problems" if n else ""
+    table = Table(title=f"eval ({mode}, held-out{size}) — step {first.get('step', 0)} → step {summary['steps']}")
+    for col in ("split", "accuracy", "final 95% interval", "mean tokens"):
         table.add_column(col, justify="right")
     suffixes = [""] + sorted({k.removeprefix("eval/accuracy") for k in last if k.startswith("eval/accuracy/")})
     for s in suffixes:
@@ -24,7 +28,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         l0, l1 = first.get(f"eval/length{s}"), last.get(f"eval/length{s}")
         if a0 is None or a1 is None:
             continue
+        lo, hi = last.get(f"eval/accuracy_low{s}"), last.get(f"eval/accuracy_high{s}")
+        interval = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "-"
         table.add_row(s.strip("/").replace("difficulty_", "difficulty ") or "all",
-                      f"{a0:.3f} → {a1:.3f} ({100 * (a1 - a0):+.1f} pts)", f"{l0:.1f} → {l1:.1f} ({_pct_change(l0, l1)})")
+                      f"{a0:.3f} → {a1:.3f} ({100 * (a1 - a0):+.1f} pts)", interval,
+                      f"{l0:.1f} → {l1:.1f} ({_pct_change(l0, l1)})")
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}")

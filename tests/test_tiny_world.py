@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rshape.tasks.arithmetic import (  # noqa: E402
+    GRADED_TRACE_MODES,
     TRACE_MODES,
     addition_task,
     column_steps,
@@ -18,13 +19,16 @@ from rshape.tasks.arithmetic import (  # noqa: E402
     make_prompt,
     make_trace,
     sample_pairs,
+    short_step,
     verify_integer_answer,
 )
 from rshape.tasks.tokenizer import TAG_TOKENS, build_char_tokenizer  # noqa: E402
 from rshape.tasks.warmstart import (  # noqa: E402
     ASSET_DIR,
+    abbreviated_columns,
     build_warmstart,
     classify_trace,
+    forced_prefix,
     format_table,
     measure_policy,
 )
@@ -37,6 +41,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class FixedRandom:
+    """Stands in for random.Random: random() returns the given values in turn."""
+
+    def __init__(self, values):
+        self.values = iter(values)
+
+    def random(self):
+        return next(self.values)
 
 
 class FixedRng:
@@ -74,6 +88,42 @@ def test_make_trace_every_mode():
         make_trace(1, 2, "verbose")
 
 
+def test_graded_traces():
+    full = "5+0+0=5\n4+9+0=13\n3+8+1=12\n2+7+1=10\n1+6+1=8\n"  # 12345 + 67890 = 80235
+    assert make_trace(12345, 67890, "full") == f"<think>{full}</think><answer>80235</answer>"
+    short = "5\n13\n12\n10\n8\n"
+    assert short_step("4+9+0=13") == "13" and short_step("5+0+0=5") == "5"
+    assert make_trace(12345, 67890, "short") == f"<think>{short}</think><answer>80235</answer>"
+    assert make_trace(12345, 67890, "overthink_short") == f"<think>{short}check:\n{short}</think><answer>80235</answer>"
+    # mixed: each column written or abbreviated by the rng; the check pass repeats the same lines
+    mixed = make_trace(12345, 67890, "mixed", FixedRandom([0.1, 0.9, 0.9, 0.2, 0.7]))
+    assert mixed == "<think>5\n4+9+0=13\n3+8+1=12\n10\n1+6+1=8\n</think><answer>80235</answer>"
+    assert make_trace(12345, 67890, "mixed") == make_trace(12345, 67890, "mixed")  # seeded by the problem
+    # partial: the first two columns written out, the rest abbreviated — on two digits it is the full trace
+    assert make_trace(12345, 67890, "partial") == "<think>5+0+0=5\n4+9+0=13\n12\n10\n8\n</think><answer>80235</answer>"
+    assert make_trace(12, 67, "partial") == make_trace(12, 67, "full")
+    assert abbreviated_columns(make_trace(12345, 67890, "overthink_partial")) == 3
+    assert set(TRACE_MODES) < set(GRADED_TRACE_MODES)
+    for mode in GRADED_TRACE_MODES:
+        if mode not in ("malformed", "mixed", "overthink_mixed"):
+            assert classify_trace(make_trace(12345, 67890, mode)) == mode
+    assert classify_trace(mixed) == "mixed" and abbreviated_columns(mixed) == 2
+    overthink_mixed = make_trace(12345, 67890, "overthink_mixed", FixedRandom([0.1, 0.9, 0.9, 0.9, 0.9]))
+    assert classify_trace(overthink_mixed) == "overthink_mixed"
+    assert abbreviated_columns(make_trace(12345, 67890, "overthink_short")) == 5  # the first pass only
+    assert abbreviated_columns(make_trace(12345, 67890, "overthink")) == 0
+    assert abbreviated_columns("<think></think><answer>1</answer>") == 0
+
+
+def test_forced_prefix():
+    p = make_problem(5867, 1234)
+    assert forced_prefix(p, "full") == "<think>7+"
+    assert forced_prefix(p, "direct") == "<think></think>"
+    assert make_trace(5867, 1234, "full").startswith(forced_prefix(p, "full"))
+    with pytest.raises(ValueError):
+        forced_prefix(p, "short")
+
+
 def test_classify_trace_matches_make_trace():
     for mode in ("full", "overthink", "direct"):
         assert classify_trace(make_trace(58, 67, mode)) == mode
@@ -109,6 +159,16 @@ def test_train_eval_splits_disjoint():
     assert len(tr) + len(ev) == 100 and not set(tr) & set(ev)
     # the split of a pair does not depend on the seed
     assert not set(sample_pairs(3, 300, "train", 1, 0.2)) & set(sample_pairs(3, 300, "eval", 2, 0.2))
+
+
+def test_eval_split_does_not_depend_on_the_training_seed():
+    a = addition_task((2, 3), train_per_difficulty=100, eval_per_difficulty=250, seed=0)
+    b = addition_task((2, 3), train_per_difficulty=100, eval_per_difficulty=250, seed=1)
+    assert [p.id for p in a.eval] == [p.id for p in b.eval] and len(a.eval) == 500
+    assert [p.id for p in a.train] != [p.id for p in b.train]  # the training draw still follows the seed
+    c = addition_task((2, 3), train_per_difficulty=100, eval_per_difficulty=250, seed=0, eval_seed=1)
+    assert [p.id for p in c.eval] != [p.id for p in a.eval]
+    assert not {p.id for p in c.eval} & {p.id for p in b.train}
 
 
 # ------------------------------------------------------------------ tokenizer

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from rshape.curriculum import CurriculumSampler
-from rshape.evaluate import greedy_eval
+from rshape.evaluate import evaluate_recipe
 from rshape.models import load_policy, resolve_device, resolve_dtype
 from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import RewardBatch, build_rewards
@@ -257,7 +257,6 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     advantage_fn = ADVANTAGES.get(recipe.algorithm.advantage)
     rollout_cfg = recipe.rollout
     B, G = rollout_cfg.prompts_per_step, rollout_cfg.group_size
-    eval_tokens = recipe.eval.max_new_tokens or rollout_cfg.max_new_tokens
 
     start_step = 0
     if resume:
@@ -280,8 +279,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            m, _ = greedy_eval(model, tokenizer, task, max_new_tokens=eval_tokens,
-                               batch_size=recipe.eval.batch_size, device=device, decoder=recipe.rollout.decoder)
+            m = evaluate_recipe(model, tokenizer, task, recipe, device)
         model.train()
         eval_log.write({"step": step, **m})
         return m

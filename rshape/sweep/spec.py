@@ -354,8 +354,10 @@ def _spec_errors(spec: SweepSpec, source: str, lines: dict[tuple[str, ...], int]
 
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (),
-               output_dir: str | Path | None = None) -> Sweep:
+               output_dir: str | Path | None = None, seeds: list[int] | None = None) -> Sweep:
     """Read and validate a sweep file, expand its trials and validate every trial's recipe.
+
+    `seeds` replaces the file's seeds (e.g. one seed for a smoke run).
 
     Mistakes in the sweep file raise SweepError (one line each, naming file, line and key); a trial
     whose recipe does not validate is returned with `error` set, so the others can still run.
@@ -396,7 +398,9 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     axes, settings = expand_settings(spec)
     common = [*spec.overrides, *extra_overrides]
     base_data = yaml.safe_load(base.read_text())  # with the overrides: what a finished trial ran (its fingerprint)
-    if spec.seeds is not None:
+    if seeds is not None:
+        seeds = list(seeds)
+    elif spec.seeds is not None:
         seeds = list(spec.seeds)
     else:
         try:

@@ -51,7 +51,8 @@ def build_task(cfg: Any, seed: int = 0) -> Task:
     if cfg.name == "addition":
         from rshape.tasks.arithmetic import addition_task
 
-        return addition_task(cfg.difficulties, cfg.train_per_difficulty, cfg.eval_per_difficulty, seed=seed)
+        return addition_task(cfg.difficulties, cfg.train_per_difficulty, cfg.eval_per_difficulty, seed=seed,
+                             eval_seed=cfg.eval_seed)
     from rshape.tasks.verifiers import VERIFIERS
 
     train = read_problems(cfg.train_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key)

@@ -17,6 +17,13 @@ them has something for each reward to shape:
 - `direct`: `<think></think>` and the answer with no steps (short, but unreliable for many digits,
   so dropping necessary steps costs accuracy on hard problems);
 - `malformed`: a broken structure (missing tags), so a format reward has work to do.
+
+The graded world (`builtin:tiny-graded`) adds abbreviated steps: a `short` step writes only the column sum
+(`13` instead of `5+8+0=13`), so the two digits are looked up and added "in the head" in one token. `short`
+traces abbreviate every column, `partial` ones all but the first two (so longer numbers have more
+abbreviated columns), `mixed` ones each column at random; `overthink_*` repeat them after `check:`. Each
+abbreviated column saves 6-7 tokens and risks an error, so a policy can trade accuracy for tokens column by
+column, and longer numbers have more columns to lose.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ import random
 from rshape.tasks.base import Problem, Task, extract_tagged_answer
 
 TRACE_MODES = ("full", "overthink", "direct", "malformed")
+# the graded world's trace kinds (full / overthink / direct / malformed as in TRACE_MODES)
+GRADED_TRACE_MODES = ("full", "overthink", "partial", "overthink_partial", "mixed", "overthink_mixed", "short",
+                      "overthink_short", "direct", "malformed")
+PARTIAL_FULL_COLUMNS = 2  # a `partial` trace writes this many columns out, then abbreviates the rest
 
 
 def column_steps(a: int, b: int) -> list[str]:
@@ -42,29 +53,42 @@ def column_steps(a: int, b: int) -> list[str]:
     return steps
 
 
+def short_step(step: str) -> str:
+    """The abbreviated form of a column step: only its sum (`5+8+0=13` → `13`)."""
+    return step.split("=", 1)[1]
+
+
 def make_prompt(a: int, b: int) -> str:
     return f"{a}+{b}=?\n"
 
 
 def make_trace(a: int, b: int, mode: str, rng: random.Random | None = None) -> str:
-    """The completion text (without EOS) of one trace kind; see the module docstring."""
-    steps = "".join(s + "\n" for s in column_steps(a, b))
+    """The completion text (without EOS) of one trace kind; see the module docstring. `rng` picks the malformed
+    kind and the abbreviated columns of `mixed` traces (default: seeded by the problem)."""
+    rng = rng or random.Random(a * 100003 + b)
+    lines = column_steps(a, b)
+    if mode.endswith("short"):
+        lines = [short_step(x) for x in lines]
+    elif mode.endswith("mixed"):
+        lines = [short_step(x) if rng.random() < 0.5 else x for x in lines]
+    elif mode.endswith("partial"):
+        lines = [x if i < PARTIAL_FULL_COLUMNS else short_step(x) for i, x in enumerate(lines)]
+    steps = "".join(s + "\n" for s in lines)
     answer = f"<answer>{a + b}</answer>"
-    if mode == "full":
+    if mode in ("full", "partial", "mixed", "short"):
         return f"<think>{steps}</think>{answer}"
-    if mode == "overthink":
+    if mode in ("overthink", "overthink_partial", "overthink_mixed", "overthink_short"):
         return f"<think>{steps}check:\n{steps}</think>{answer}"
     if mode == "direct":
         return f"<think></think>{answer}"
     if mode == "malformed":
-        rng = rng or random.Random(a * 100003 + b)
         kind = rng.randrange(3)
         if kind == 0:  # answer without tags
             return f"<think>{steps}</think>{a + b}"
         if kind == 1:  # no think block
             return answer
         return f"<think>{steps}{answer}"  # think never closed
-    raise ValueError(f"unknown trace mode {mode!r}; valid: {', '.join(TRACE_MODES)}")
+    raise ValueError(f"unknown trace mode {mode!r}; valid: {', '.join(GRADED_TRACE_MODES)}")
 
 
 def _in_eval_split(a: int, b: int, eval_fraction: float) -> bool:
@@ -117,10 +141,14 @@ def addition_task(
     eval_per_difficulty: int = 50,
     seed: int = 0,
     eval_fraction: float = 0.2,
+    eval_seed: int = 0,
 ) -> Task:
-    """The built-in addition world: a train pool and a disjoint held-out eval split per digit count."""
+    """The built-in addition world: a train pool and a disjoint held-out eval split per digit count.
+
+    The train pool is drawn with `seed` (the run's), the eval split with `eval_seed` (its own key), so runs with
+    different training seeds are scored on the same problems."""
     train, evals = [], []
     for d in difficulties:
         train += [make_problem(a, b) for a, b in sample_pairs(d, train_per_difficulty, "train", seed, eval_fraction)]
-        evals += [make_problem(a, b) for a, b in sample_pairs(d, eval_per_difficulty, "eval", seed, eval_fraction)]
+        evals += [make_problem(a, b) for a, b in sample_pairs(d, eval_per_difficulty, "eval", eval_seed, eval_fraction)]
     return Task(name="addition", train=train, eval=evals, verify=verify_integer_answer)

@@ -26,6 +26,7 @@ import random
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from rshape.runs import publish_dir
-from rshape.tasks.arithmetic import TRACE_MODES, addition_task, make_prompt, make_trace, sample_pairs
+from rshape.tasks.arithmetic import (
+    GRADED_TRACE_MODES,
+    PARTIAL_FULL_COLUMNS,
+    TRACE_MODES,
+    addition_task,
+    column_steps,
+    make_prompt,
+    make_trace,
+    sample_pairs,
+)
 from rshape.tasks.base import Task
 from rshape.tasks.tokenizer import build_char_tokenizer
 
@@ -41,7 +51,35 @@ DEFAULT_MODE_MIX: dict[str, float] = {"overthink": 0.55, "full": 0.27, "direct":
 DEFAULT_DIFFICULTIES = (1, 2, 3, 4)
 # 1-digit problems are cheap and the only ones where a direct answer can be learnt (by heart)
 DEFAULT_DIFFICULTY_WEIGHTS = (2.0, 1.5, 2.0, 2.5)
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-addition"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSET_DIR = ASSETS / "tiny-addition"
+
+
+@dataclass(frozen=True)
+class World:
+    """A built-in world's warm-start recipe: its trace mixture, digit counts and SFT length."""
+
+    name: str
+    out_dir: Path
+    mode_mix: dict[str, float]
+    difficulties: tuple[int, ...]
+    difficulty_weights: tuple[float, ...]
+    steps: int
+    eval_per_difficulty: int
+    max_new_tokens: int = 128
+
+
+WORLDS: dict[str, World] = {
+    # the original world: overthink / full / direct / malformed on 1-4 digits
+    "addition": World("addition", ASSET_DIR, DEFAULT_MODE_MIX, DEFAULT_DIFFICULTIES, DEFAULT_DIFFICULTY_WEIGHTS,
+                      steps=900, eval_per_difficulty=50),
+    # the graded world: abbreviated column steps (short / mixed traces) on 2-5 digits
+    "graded": World("graded", ASSETS / "tiny-graded",
+                    {"overthink_partial": 0.24, "partial": 0.08, "overthink": 0.12, "full": 0.10,
+                     "overthink_mixed": 0.10, "mixed": 0.08, "overthink_short": 0.06, "short": 0.06,
+                     "direct": 0.09, "malformed": 0.07},
+                    (2, 3, 4, 5), (1.0, 1.0, 1.2, 1.4), steps=2400, eval_per_difficulty=250),
+}
 
 _STRUCTURE_RE = re.compile(r"^<think>.*</think><answer>.*</answer>$", re.DOTALL)
 
@@ -69,19 +107,44 @@ def tiny_llama_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
     return LlamaConfig(**kwargs)
 
 
+_FULL_STEP_RE = re.compile(r"^\d+\+\d+\+\d+=\d+$")
+_SHORT_STEP_RE = re.compile(r"^\d+$")
+
+
+def first_pass_steps(completion: str) -> list[str]:
+    """The step lines of the reasoning's first pass (the `<think>` block up to `check:` or `</think>`)."""
+    body = completion.removeprefix("<think>") if completion.startswith("<think>") else ""
+    body = re.split(r"check:|</think>|<answer>", body, maxsplit=1)[0]
+    return [line for line in body.split("\n") if line.strip()]
+
+
+def abbreviated_columns(completion: str) -> int:
+    """How many first-pass steps are abbreviated (a bare column sum such as `13`)."""
+    return sum(bool(_SHORT_STEP_RE.match(x)) for x in first_pass_steps(completion))
+
+
 def classify_trace(completion: str) -> str:
     """The trace mode of a completion (text without EOS).
 
     Contains `check:` → overthink; starts with `<think></think>` → direct; otherwise not exactly
-    `<think>…</think><answer>…</answer>` → malformed; otherwise full.
+    `<think>…</think><answer>…</answer>` → malformed; otherwise full. In the graded world, steps that are
+    all abbreviated make full / overthink `short` / `overthink_short`; exactly the first two written out and the
+    rest (at least one) abbreviated `partial` / `overthink_partial`; any other mixture `mixed` / `overthink_mixed`.
     """
+    steps = first_pass_steps(completion)
+    n_short = sum(bool(_SHORT_STEP_RE.match(x)) for x in steps)
+    n_full = sum(bool(_FULL_STEP_RE.match(x)) for x in steps)
+    is_short = [bool(_SHORT_STEP_RE.match(x)) for x in steps]
+    partial = (len(steps) > PARTIAL_FULL_COLUMNS and n_full == PARTIAL_FULL_COLUMNS
+               and not any(is_short[:PARTIAL_FULL_COLUMNS]) and all(is_short[PARTIAL_FULL_COLUMNS:]))
+    kind = "" if n_short == 0 else "short" if n_full == 0 else "partial" if partial else "mixed"
     if "check:" in completion:
-        return "overthink"
+        return f"overthink_{kind}" if kind else "overthink"
     if completion.startswith("<think></think>"):
         return "direct"
     if not _STRUCTURE_RE.match(completion):
         return "malformed"
-    return "full"
+    return kind or "full"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,9 +152,9 @@ def classify_trace(completion: str) -> str:
 
 
 def _normalise_mix(mode_mix: dict[str, float]) -> dict[str, float]:
-    unknown = set(mode_mix) - set(TRACE_MODES)
+    unknown = set(mode_mix) - set(GRADED_TRACE_MODES)
     if unknown:
-        raise ValueError(f"unknown trace modes {sorted(unknown)}; valid: {', '.join(TRACE_MODES)}")
+        raise ValueError(f"unknown trace modes {sorted(unknown)}; valid: {', '.join(GRADED_TRACE_MODES)}")
     total = sum(mode_mix.values())
     if total <= 0 or any(w < 0 for w in mode_mix.values()):
         raise ValueError(f"mode_mix weights must be non-negative with a positive sum: {mode_mix}")
@@ -181,11 +244,11 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _summarise_samples(records) -> dict[str, dict[str, float]]:
+def _summarise_samples(records, modes: tuple[str, ...] = TRACE_MODES) -> dict[str, dict[str, float]]:
     """Per trace mode: fraction of samples, accuracy within the mode, mean tokens, count."""
     total = len(records)
     stats = {}
-    for mode in TRACE_MODES:
+    for mode in modes:
         rs = [r for r in records if r["mode"] == mode]
         stats[mode] = {
             "fraction": len(rs) / total if total else float("nan"),
@@ -196,13 +259,35 @@ def _summarise_samples(records) -> dict[str, dict[str, float]]:
     return stats
 
 
-def _summarise_greedy(records) -> dict[str, Any]:
+def _summarise_greedy(records, modes: tuple[str, ...] = TRACE_MODES) -> dict[str, Any]:
     return {
         "accuracy": _mean(r["correct"] for r in records),
         "mean_tokens": _mean(r["tokens"] for r in records),
         "n": len(records),
-        "modes": {m: _mean(r["mode"] == m for r in records) for m in TRACE_MODES},
+        "modes": {m: _mean(r["mode"] == m for r in records) for m in modes},
     }
+
+
+def forced_prefix(problem, level: str) -> str:
+    """The completion prefix that commits the policy to a level: `full` (`<think>` and the first column's digit
+    of a, e.g. `<think>8+` on 58+67: a written first step) or `direct` (`<think></think>`)."""
+    if level == "direct":
+        return "<think></think>"
+    if level == "full":
+        return "<think>" + column_steps(problem.meta["a"], problem.meta["b"])[0].split("+", 1)[0] + "+"
+    raise ValueError(f"unknown forced level {level!r}; valid: full, direct")
+
+
+def _records(task: Task, probs, outputs, prefixes=None, tokenizer=None) -> list[dict[str, Any]]:
+    """Verdict, tokens, trace kind and re-check flag per completion; a forced prefix counts as completion."""
+    recs = []
+    for i, ((text, n), p) in enumerate(zip(outputs, probs, strict=True)):
+        pre = prefixes[i] if prefixes else ""
+        if pre:
+            text, n = pre + text, n + len(tokenizer(pre, add_special_tokens=False)["input_ids"])
+        recs.append({"correct": float(task.verify(text, p)), "tokens": n, "mode": classify_trace(text),
+                     "check": "check:" in text, "abbreviated": abbreviated_columns(text)})
+    return recs
 
 
 def measure_policy(
@@ -216,16 +301,20 @@ def measure_policy(
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
+    modes: tuple[str, ...] = TRACE_MODES,
+    forced_levels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Greedy and sampled behaviour of a policy on `task.eval`, per difficulty.
 
     Returns `{"greedy": {d: {accuracy, mean_tokens, n, modes: {mode: fraction}}},
-    "sampled": {d: {mode: {fraction, accuracy, mean_tokens, n}}}, "settings": {...}}` where `d`
-    is the difficulty as a string, plus `"all"` pooling every difficulty. Tokens are completion
-    tokens without the EOS. Each prompt is sampled `samples_per_prompt` times, or more when a
-    difficulty has few eval prompts, so each difficulty gets at least `min_samples_per_difficulty`
-    samples. Sampling is at temperature 1 with no top-k/top-p and is seeded (the
-    global torch RNG state is restored afterwards).
+    "sampled": {d: {mode: {fraction, accuracy, mean_tokens, n}}}, "forced": {level: {d: {accuracy,
+    mean_tokens, check, n}}}, "settings": {...}}` where `d` is the difficulty as a string, plus `"all"`
+    pooling every difficulty. Tokens are completion tokens without the EOS. Each prompt is sampled
+    `samples_per_prompt` times, or more when a difficulty has few eval prompts, so each difficulty gets
+    at least `min_samples_per_difficulty` samples. Sampling is at temperature 1 with no top-k/top-p and
+    is seeded (the global torch RNG state is restored afterwards). `forced_levels` (`w1`, `w2`, `w3`,
+    `direct`): greedy completions after `forced_prefix` — the accuracy and tokens of each compression
+    level, the achievable front (`check` = the fraction that still re-checks).
     """
     device = device if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -235,60 +324,131 @@ def measure_policy(
         groups.setdefault(str(p.difficulty) if p.difficulty is not None else "none", []).append(p)
     greedy: dict[str, Any] = {}
     sampled: dict[str, Any] = {}
+    by_abbrev: dict[str, Any] = {}
+    forced: dict[str, dict[str, Any]] = {lvl: {} for lvl in forced_levels}
+    forced_all: dict[str, list] = {lvl: [] for lvl in forced_levels}
     all_g, all_s = [], []
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, device=device)
     fork_devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         for key in sorted(groups, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0)):
             probs = groups[key]
-            prompts = [p.prompt for p in probs]
-            g = _generate(model, tokenizer, prompts, do_sample=False, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, device=device)
-            g_rec = [{"correct": float(task.verify(text, p)), "tokens": n, "mode": classify_trace(text)}
-                     for (text, n), p in zip(g, probs, strict=True)]
+            g = _generate(model, tokenizer, [p.prompt for p in probs], do_sample=False, **gen)
+            g_rec = _records(task, probs, g)
             k = max(samples_per_prompt, math.ceil(min_samples_per_difficulty / len(probs)))
             s_probs = [p for p in probs for _ in range(k)]
-            s = _generate(model, tokenizer, [p.prompt for p in s_probs], do_sample=True,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device)
-            s_rec = [{"correct": float(task.verify(text, p)), "tokens": n, "mode": classify_trace(text)}
-                     for (text, n), p in zip(s, s_probs, strict=True)]
-            greedy[key] = _summarise_greedy(g_rec)
-            sampled[key] = _summarise_samples(s_rec)
+            s_rec = _records(task, s_probs, _generate(model, tokenizer, [p.prompt for p in s_probs], do_sample=True,
+                                                      **gen))
+            for lvl in forced_levels:
+                pre = [forced_prefix(p, lvl) for p in probs]
+                f = _generate(model, tokenizer, [p.prompt + x for p, x in zip(probs, pre)], do_sample=False, **gen)
+                f_rec = _records(task, probs, f, pre, tokenizer)
+                forced[lvl][key] = _summarise_forced(f_rec)
+                forced_all[lvl] += f_rec
+            greedy[key] = _summarise_greedy(g_rec, modes)
+            sampled[key] = _summarise_samples(s_rec, modes)
+            by_abbrev[key] = _summarise_abbreviated(s_rec)
             all_g += g_rec
             all_s += s_rec
-    greedy["all"] = _summarise_greedy(all_g)
-    sampled["all"] = _summarise_samples(all_s)
+    greedy["all"] = _summarise_greedy(all_g, modes)
+    sampled["all"] = _summarise_samples(all_s, modes)
+    for lvl in forced_levels:
+        forced[lvl]["all"] = _summarise_forced(forced_all[lvl])
     # accuracy averaged over difficulties (each bucket weighs the same, unlike the pooled "all")
     greedy["all"]["accuracy_mean_over_difficulties"] = _mean(
         v["accuracy"] for k, v in greedy.items() if k != "all")
     model.train(was_training)
-    return {
+    out = {
         "greedy": greedy,
         "sampled": sampled,
         "settings": {"samples_per_prompt": samples_per_prompt,
                      "min_samples_per_difficulty": min_samples_per_difficulty, "max_new_tokens": max_new_tokens,
                      "seed": seed, "temperature": 1.0, "n_eval_prompts": len(task.eval)},
     }
+    if forced_levels:
+        out["forced"] = forced
+    if any(r["abbreviated"] for r in all_s):
+        by_abbrev["all"] = _summarise_abbreviated(all_s)
+        out["sampled_by_abbreviated"] = by_abbrev
+    return out
+
+
+def _summarise_abbreviated(records) -> dict[str, dict[str, float]]:
+    """Sampled completions with a step-by-step first pass, by how many of its steps are abbreviated."""
+    out: dict[str, dict[str, float]] = {}
+    for k in sorted({r["abbreviated"] for r in records}):
+        rs = [r for r in records if r["abbreviated"] == k and r["mode"] not in ("direct", "malformed")]
+        if rs:
+            out[str(k)] = {"accuracy": _mean(r["correct"] for r in rs), "mean_tokens": _mean(r["tokens"] for r in rs),
+                           "n": len(rs)}
+    return out
+
+
+def _summarise_forced(records) -> dict[str, float]:
+    return {"accuracy": _mean(r["correct"] for r in records), "mean_tokens": _mean(r["tokens"] for r in records),
+            "check": _mean(r["check"] for r in records), "n": len(records)}
+
+
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.0f}%" if pct else f"{x:.1f}"
 
 
 def format_table(stats: dict[str, Any]) -> str:
     """A markdown table: per difficulty, greedy accuracy/tokens/mode, then per mode sampled stats."""
-    head = ["difficulty", "greedy acc", "greedy tok", "greedy overthink"]
-    for m in TRACE_MODES:
+    modes = list(next(iter(stats["sampled"].values())))
+    head = ["difficulty", "greedy acc", "greedy tok", "greedy mode"]
+    for m in modes:
         head += [f"{m} frac", f"{m} acc", f"{m} tok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def f(x, pct=True):
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return "-"
-        return f"{100 * x:.0f}%" if pct else f"{x:.1f}"
-
     for key, g in stats["greedy"].items():
         s = stats["sampled"][key]
-        row = [key, f(g["accuracy"]), f(g["mean_tokens"], False), f(g["modes"]["overthink"])]
-        for m in TRACE_MODES:
-            row += [f(s[m]["fraction"]), f(s[m]["accuracy"]), f(s[m]["mean_tokens"], False)]
+        top = max(g["modes"], key=lambda m: g["modes"][m])
+        row = [key, _fmt(g["accuracy"]), _fmt(g["mean_tokens"], False), f"{top} {_fmt(g['modes'][top])}"]
+        for m in modes:
+            row += [_fmt(s[m]["fraction"]), _fmt(s[m]["accuracy"]), _fmt(s[m]["mean_tokens"], False)]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_front(stats: dict[str, Any]) -> str:
+    """A markdown table of the achievable front: per forced compression level and difficulty, accuracy and
+    mean tokens (greedy after the level's prefix), beside the unforced greedy policy."""
+    keys = list(stats["greedy"])
+    head = ["level"] + [f"{k} digits" if k.isdigit() else k for k in keys]
+    lines = ["accuracy / mean tokens per difficulty (greedy; forced levels start with the level's prefix)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [("policy (unforced)", stats["greedy"])] + [(f"forced {lvl}", v) for lvl, v in stats.get("forced", {}).items()]
+    for name, per in rows:
+        lines.append("| " + " | ".join([name] + [f"{_fmt(per[k]['accuracy'])} / {_fmt(per[k]['mean_tokens'], False)}"
+                                                  for k in keys]) + " |")
+    return "\n".join(lines)
+
+
+def format_abbreviated(stats: dict[str, Any]) -> str:
+    """A markdown table: sampled accuracy / mean tokens (n) by number of abbreviated steps, per difficulty."""
+    per = stats.get("sampled_by_abbreviated", {})
+    keys = list(per)
+    ks = sorted({int(k) for v in per.values() for k in v})
+    lines = ["| abbreviated steps | " + " | ".join(f"{k} digits" if k.isdigit() else k for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for k in ks:
+        cells = [f"{_fmt(per[d][str(k)]['accuracy'])} / {_fmt(per[d][str(k)]['mean_tokens'], False)} "
+                 f"({per[d][str(k)]['n']})" if str(k) in per[d] else "-" for d in keys]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_kinds(stats: dict[str, Any]) -> str:
+    """A long markdown table of sampled completions: per difficulty and trace kind, share / accuracy / tokens."""
+    lines = ["| digits | kind | share | accuracy | mean tokens | n |", "|---|---|---|---|---|---|"]
+    for key, per in stats["sampled"].items():
+        for m, v in per.items():
+            if v["n"]:
+                lines.append(f"| {key} | {m} | {_fmt(v['fraction'])} | {_fmt(v['accuracy'])} | "
+                             f"{_fmt(v['mean_tokens'], False)} | {v['n']} |")
     return "\n".join(lines)
 
 
@@ -317,8 +477,12 @@ def build_warmstart(
     min_samples_per_difficulty: int = 400,
     log_every: int = 100,
     verbose: bool = True,
+    world: str = "addition",
 ) -> dict[str, Any]:
     """Random-init the tiny Llama, SFT it on the trace mixture, save it to `out_dir`.
+
+    `world` (`addition` | `graded`, see `WORLDS`) names the build in `warmstart.json` and sets what is
+    measured: the graded world's eight trace kinds and its forced compression levels (the front).
 
     Problems are drawn fresh each step from the train split of `difficulties`, weighted by
     `difficulty_weights` (None: `DEFAULT_DIFFICULTY_WEIGHTS` for the default difficulties, else
@@ -380,7 +544,7 @@ def build_warmstart(
     model.eval()
 
     info: dict[str, Any] = {
-        "kind": "rshape tiny-addition warm start",
+        "kind": f"rshape tiny-{world} warm start",
         "params": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
                    "mode_mix": mix, "difficulties": list(difficulties),
                    "difficulty_weights": list(difficulty_weights),
@@ -396,7 +560,7 @@ def build_warmstart(
                              eval_fraction=eval_fraction)
         info["stats"] = measure_policy(model, tokenizer, task, samples_per_prompt=samples_per_prompt,
                                        min_samples_per_difficulty=min_samples_per_difficulty,
-                                       seed=seed, device=device)
+                                       seed=seed, device=device, **_measure_options(world))
         info["measure_seconds"] = round(time.time() - t1, 1)
 
     # written aside, then swapped in: a running job that memory-maps the old weights is not corrupted
@@ -409,29 +573,50 @@ def build_warmstart(
     return info
 
 
+def build_world(world: str, out_dir: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Build a built-in world's warm start with its own defaults (`WORLDS[world]`); `overrides` replace any
+    `build_warmstart` argument."""
+    w = WORLDS[world]
+    kwargs: dict[str, Any] = dict(steps=w.steps, mode_mix=w.mode_mix, difficulties=w.difficulties,
+                                  difficulty_weights=w.difficulty_weights, eval_per_difficulty=w.eval_per_difficulty,
+                                  world=world)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return build_warmstart(out_dir or w.out_dir, **kwargs)
+
+
+def _measure_options(world: str) -> dict[str, Any]:
+    if world == "graded":
+        return {"modes": GRADED_TRACE_MODES, "forced_levels": ("full", "direct")}
+    return {}
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Build the tiny-addition warm-start policy and print its stats.")
-    ap.add_argument("--out", default=str(ASSET_DIR), help="output directory (default: the shipped asset)")
+    ap = argparse.ArgumentParser(description="Build a built-in warm-start policy and print its stats.")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="addition",
+                    help="addition: builtin:tiny-addition; graded: builtin:tiny-graded (compressed traces)")
+    ap.add_argument("--out", default=None, help="output directory (default: the world's shipped asset)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=None, help="SFT steps (default: the world's)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--mode-mix", default=None,
                     help='JSON weights, e.g. \'{"overthink": 0.5, "full": 0.3, "direct": 0.12, "malformed": 0.08}\'')
-    ap.add_argument("--difficulty-weights", default=None, help="comma-separated weights, one per difficulty 1-4")
+    ap.add_argument("--difficulty-weights", default=None, help="comma-separated weights, one per difficulty")
     ap.add_argument("--config", default=None, help='JSON LlamaConfig overrides, e.g. \'{"num_hidden_layers": 4}\'')
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = build_warmstart(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           mode_mix=json.loads(args.mode_mix) if args.mode_mix else None, device=args.device,
-                           difficulty_weights=[float(w) for w in args.difficulty_weights.split(",")]
-                           if args.difficulty_weights else None,
-                           config_overrides=json.loads(args.config) if args.config else None)
+    out = args.out or str(WORLDS[args.world].out_dir)
+    info = build_world(args.world, out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       mode_mix=json.loads(args.mode_mix) if args.mode_mix else None, device=args.device,
+                       difficulty_weights=[float(x) for x in args.difficulty_weights.split(",")]
+                       if args.difficulty_weights else None,
+                       config_overrides=json.loads(args.config) if args.config else None)
     print(f"\n{info['n_parameters']:,} parameters; trained in {info['train_seconds']}s, "
-          f"measured in {info.get('measure_seconds')}s; saved to {args.out}\n")
-    print(format_table(info["stats"]))
+          f"measured in {info.get('measure_seconds')}s; saved to {out}\n")
+    print(format_table(info["stats"]) if args.world == "addition" else
+          "\n\n".join([format_front(info["stats"]), format_abbreviated(info["stats"]), format_kinds(info["stats"])]))
 
 
 if __name__ == "__main__":
