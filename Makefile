@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
 REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
-.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean repro-all $(REPRO_TARGETS)
+.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
 
 install: $(STAMP)
 
@@ -38,6 +38,16 @@ $(REPRO_TARGETS): repro-%: install
 
 repro-all: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape repro all --doc docs/reproductions.md
+
+length-front: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape sweep recipes/repro/length-front.yaml
+	$(VENV)/bin/rshape plot runs/repro/length-front
+	mkdir -p docs/figures && cp runs/repro/length-front/figures/pareto.png docs/figures/length-front.png
+	cp runs/repro/length-front/figures/difficulty.png docs/figures/length-front-difficulty.png
+	cp runs/repro/length-front/results.md docs/length-front-results.md
+
+world-front: install
+	$(PY) scripts/world_front.py --world graded
 
 sweep-demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape sweep recipes/sweep_demo.yaml

@@ -43,7 +43,8 @@ class LoraConfig(Section):
 
 class ModelConfig(Section):
     name: str = "builtin:tiny-addition"
-    """Hugging Face model id, a local directory, or `builtin:tiny-addition` (the shipped tiny-world policy)."""
+    """Hugging Face model id, a local directory, or a shipped tiny-world policy: `builtin:tiny-addition` (1-4 digits)
+    or `builtin:tiny-graded` (2-5 digits, abbreviated steps: the world of `make repro-*`)."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings."""
     adapter: str | None = None
@@ -68,7 +69,7 @@ class ModelConfig(Section):
 
 class TaskConfig(Section):
     name: Literal["addition", "jsonl"] = "addition"
-    """`addition`: the built-in tiny world; `jsonl`: problems from `train_file` / `eval_file`."""
+    """`addition`: the built-in tiny world (both built-in policies); `jsonl`: problems from `train_file` / `eval_file`."""
     difficulties: list[int] = [1, 2, 3, 4]
     """addition: digit counts to draw problems from."""
     train_per_difficulty: int = Field(2000, gt=0)

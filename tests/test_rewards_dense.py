@@ -578,8 +578,8 @@ def test_recipes_validate(name, monkeypatch):
     assert text.splitlines()[0] == f"# rshape rl recipes/{name}.yaml"
     data = yaml.safe_load(text)
     assert data["output_dir"] == f"runs/{name}"
-    quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
-    same = ("model", "task", "rollout", "algorithm", "optim")  # the quickstart world; train length may differ
+    quick = yaml.safe_load((ROOT / "recipes" / "length_cosine.yaml").read_text())
+    same = ("model", "task", "rollout", "algorithm", "optim")  # the method recipes' world; train length may differ
     assert {k: data[k] for k in same} == {k: quick[k] for k in same}
     ours = {**DENSE, **TEXT}
     entries = [spec for spec in data["rewards"].values() if spec.get("type") in ours]

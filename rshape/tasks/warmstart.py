@@ -560,7 +560,7 @@ def build_warmstart(
                              eval_fraction=eval_fraction)
         info["stats"] = measure_policy(model, tokenizer, task, samples_per_prompt=samples_per_prompt,
                                        min_samples_per_difficulty=min_samples_per_difficulty,
-                                       seed=seed, device=device, **_measure_options(world))
+                                       seed=seed, device=device, **measure_options(world))
         info["measure_seconds"] = round(time.time() - t1, 1)
 
     # written aside, then swapped in: a running job that memory-maps the old weights is not corrupted
@@ -584,7 +584,7 @@ def build_world(world: str, out_dir: str | Path | None = None, **overrides: Any)
     return build_warmstart(out_dir or w.out_dir, **kwargs)
 
 
-def _measure_options(world: str) -> dict[str, Any]:
+def measure_options(world: str) -> dict[str, Any]:
     if world == "graded":
         return {"modes": GRADED_TRACE_MODES, "forced_levels": ("full", "direct")}
     return {}
