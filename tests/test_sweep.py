@@ -413,7 +413,7 @@ def test_real_sweep_cli_with_a_bad_trial(random_model_dir, tmp_path):
                              "lr=-1,seed=1": "failed"}
     for seed in (0, 1):
         run = out / f"lr=0.01,seed={seed}"
-        assert (run / "summary.json").is_file() and "eval (greedy, held-out)" in (run / "log.txt").read_text()
+        assert (run / "summary.json").is_file() and "eval (greedy, held-out, " in (run / "log.txt").read_text()
         assert yaml.safe_load((run / "recipe.yaml").read_text())["seed"] == seed
     assert not (out / "lr=-1,seed=0").exists()
     table = list(csv.DictReader(open(out / "results.csv")))
