@@ -221,7 +221,8 @@ def sweep(
 
 @app.command()
 def repro(
-    names: Annotated[list[str], typer.Argument(help="Claims to reproduce (see `make repro-all`), or `all`.")],
+    names: Annotated[list[str], typer.Argument(help="Claims to reproduce: length-collapse, laser-d, drpo, tlts, par, "
+                                               "label-free, or all (rshape/repro/claims.py).")],
     smoke: Annotated[bool, typer.Option("--smoke", help="2 steps, 1 seed, tiny batches: check the pipeline only.")
                      ] = False,
     out: Annotated[str | None, typer.Option("--out", help="Directory of the claims' sweeps (default runs/repro, "

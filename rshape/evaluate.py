@@ -3,7 +3,6 @@ each accuracy with a 95% interval."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -12,34 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
+from rshape.stats import cluster_interval, wilson_interval
 from rshape.tasks.base import Task
-
-Z95 = 1.959963984540054
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion p̂ = successes / n:
-    (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n). n = 0 → (nan, nan). Wilson, JASA 1927."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def cluster_interval(per_problem: list[float], z: float = Z95) -> tuple[float, float]:
-    """95% interval of avg@k: mean of per-problem accuracies ± z·(sample std / √n), clipped to [0, 1].
-    The k samples of one problem are correlated, so the problem (not the sample) is the unit."""
-    n = len(per_problem)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(per_problem) / n
-    if n == 1:
-        return 0.0, 1.0
-    sd = math.sqrt(sum((x - mean) ** 2 for x in per_problem) / (n - 1))
-    return max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n))
 
 
 def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task, *,

@@ -44,6 +44,7 @@ from typing import Any
 from cycler import cycler
 
 from rshape.results import ResultsError, RunInfo, final_eval, find_runs, read_jsonl
+from rshape.stats import t975
 
 DPI = 150
 FORMATS = ("png", "pdf")
@@ -77,9 +78,6 @@ DEFAULT_CURVES = ["reward/total", "<components>", "accuracy", "length/mean", "tr
 TITLES = {"reward/total": "reward (total)", "accuracy": "training accuracy", "length/mean": "mean length (tokens)",
           "truncation_rate": "truncation rate", "eval/accuracy": "eval accuracy", "eval/length": "eval mean tokens",
     "eval/truncation": "eval truncation rate"}
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 BAND_KINDS = ("auto", "range", "minmax", "ci95", "sem", "none")
 AUTO_RANGE_MAX_N = 4  # `auto`: min–max over seeds up to this many seeds, a 95% t-interval from one more
 BAND_TEXT = {"range": "min–max over seeds", "ci95": "95% CI of the mean (t)", "sem": "±1 s.e.m.", "none": "none"}
@@ -183,10 +181,6 @@ def load(path: str | Path, group_by: str | None = None) -> list[Group]:
 # --------------------------------------------------------------------------- statistics
 
 
-def t975(n: int) -> float:
-    return T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
-
-
 def resolve_band(kind: str, ns: list[int]) -> str:
     """The band rule one figure uses for settings of `ns` seeds: `range`, `ci95`, `sem` or `none`.
 
@@ -212,7 +206,7 @@ def spread(values: list[float], kind: str) -> tuple[float, float, float]:
     if kind == "range":
         return m, min(values), max(values)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    half = (t975(n) if kind == "ci95" else 1.0) * sd / math.sqrt(n)
+    half = (t975(n - 1) if kind == "ci95" else 1.0) * sd / math.sqrt(n)
     return m, m - half, m + half
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rshape.evaluate import cluster_interval, evaluate_policy, summarize, wilson_interval
+from rshape.evaluate import evaluate_policy, summarize
+from rshape.stats import cluster_interval, wilson_interval
 from rshape.tasks.arithmetic import addition_task
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rshape.repro.claims import CLAIMS, decide_front, get_claim
-from rshape.repro.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Check, combine, effect, paired, t975
+from rshape.repro.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Check, combine, effect, paired
+from rshape.stats import t975
 from rshape.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,11 @@ def test_every_claim_has_a_valid_sweep_and_make_target():
     makefile = (ROOT / "Makefile").read_text()
     listed = re.search(r"^REPRO_CLAIMS := (.*)$", makefile, re.M)[1].split()
     assert listed == [c.name for c in CLAIMS] and len(CLAIMS) == 6
+    import typing
+
+    from rshape.cli import repro  # the command's help names every claim
+    help_text = typing.get_type_hints(repro, include_extras=True)["names"].__metadata__[0].help
+    assert all(c.name in help_text for c in CLAIMS)
     for claim in CLAIMS:
         sweep = load_sweep(ROOT / claim.sweep_file, output_dir="/tmp/unused")
         assert len(sweep.seeds) >= 3, claim.name

@@ -19,16 +19,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+from rshape.stats import t975
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE"
-
-
-def t975(dof: int) -> float:
-    """The 97.5% quantile of Student's t with `dof` degrees of freedom (dof ≥ 1)."""
-    return T975[dof - 1] if dof <= len(T975) else 1.96
 
 
 @dataclass
