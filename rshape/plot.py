@@ -203,8 +203,8 @@ def spread(values: list[float], kind: str) -> tuple[float, float, float]:
     m = sum(values) / n
     if n < 2 or kind == "none":
         return m, m, m
-    if kind == "range":
-        return m, min(values), max(values)
+    if kind == "range":  # the mean of equal floats can be an ulp outside them: keep low ≤ mean ≤ high
+        return m, min(min(values), m), max(max(values), m)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     half = (t975(n - 1) if kind == "ci95" else 1.0) * sd / math.sqrt(n)
     return m, m - half, m + half

@@ -240,3 +240,14 @@ def test_curves_one_panel_per_reward_component(sweep_dir):
     assert correctness.get_ylim()[0] > 0.5 and length.get_ylim()[1] < 0.1  # their own scales, not a shared one
     acc_lo, acc_hi = axes[3].get_ylim()
     assert acc_hi - acc_lo >= 0.1 and axes[4].get_ylim()[0] == 0.0
+
+
+def test_range_band_contains_the_mean_of_equal_values():
+    """Six equal step-0 accuracies: their float mean can differ from each by an ulp; the band must hold it
+    (a negative error bar made matplotlib raise)."""
+    from rshape.plot import spread
+
+    vals = [0.346] * 3
+    assert sum(vals) / 3 < 0.346  # 0.34599999999999990: the float mean is below every value
+    m, lo, hi = spread(vals, "range")
+    assert lo <= m <= hi and m - lo >= 0 and hi - m >= 0
