@@ -59,6 +59,19 @@ def test_front_rule():
     assert decide_front([acc(unclear), tok(none)]) == INCONCLUSIVE
 
 
+def test_sweep_wall_time_from_trials(tmp_path):
+    """Two trials in parallel (0-100 s, 10-120 s), then one (120-220 s): 220 s of wall time, 310 s of trials."""
+    from rshape.repro.run import sweep_seconds
+
+    trials = [{"started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:01:40", "duration_s": 100},
+              {"started_at": "2026-01-01T00:00:10", "finished_at": "2026-01-01T00:02:00", "duration_s": 110},
+              {"started_at": "2026-01-01T00:02:00", "finished_at": "2026-01-01T00:03:40", "duration_s": 100},
+              {"status": "pending"}]
+    (tmp_path / "trials.json").write_text(json.dumps({"trials": trials}))
+    assert sweep_seconds(tmp_path) == (220.0, 310.0)
+    assert sweep_seconds(tmp_path / "none") == (0.0, 0.0)
+
+
 def test_every_claim_has_a_valid_sweep_and_make_target():
     makefile = (ROOT / "Makefile").read_text()
     listed = re.search(r"^REPRO_CLAIMS := (.*)$", makefile, re.M)[1].split()

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +38,42 @@ def _prepare(claim: Claim, out: Path, smoke: bool) -> list[str]:
         print(f"repro {claim.name}: {shlex.join(argv[2:])}", flush=True)
         log = out / f"{Path(recipe).stem}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
         with open(log, "w") as f:
             rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT)
         if rc != 0:
             raise RuntimeError(f"{shlex.join(argv[2:])} failed (exit {rc}); see {log}")
+        times = json.loads((out / PREPARE_TIMES).read_text()) if (out / PREPARE_TIMES).is_file() else {}
+        times[shlex.join(argv[2:])] = round(time.time() - t0, 1)
+        (out / PREPARE_TIMES).write_text(json.dumps(times, indent=2) + "\n")
     return extra
 
 
-def verdict_record(claim: Claim, sweep_dir: Path, wall_s: float, command: str, smoke: bool) -> dict[str, Any]:
-    """The verdict of a finished sweep, with everything docs/reproductions.md shows."""
+PREPARE_TIMES = "prepare_seconds.json"
+
+
+def sweep_seconds(sweep_dir: Path) -> tuple[float, float]:
+    """(wall seconds from the first trial's start to the last one's end, sum of the trials' durations)."""
+    state = json.loads((sweep_dir / "trials.json").read_text()) if (sweep_dir / "trials.json").is_file() else {}
+    done = [t for t in state.get("trials", []) if t.get("started_at") and t.get("finished_at")]
+    if not done:
+        return 0.0, 0.0
+    start = min(datetime.fromisoformat(t["started_at"]) for t in done)
+    end = max(datetime.fromisoformat(t["finished_at"]) for t in done)
+    return (end - start).total_seconds(), sum(float(t.get("duration_s") or 0) for t in done)
+
+
+def verdict_record(claim: Claim, sweep_dir: Path, after_sweep_s: float, command: str, smoke: bool) -> dict[str, Any]:
+    """The verdict of a finished sweep, with everything docs/reproductions.md shows. Wall time = preparation
+    (e.g. train-rm) + the sweep from its first trial's start to its last trial's end + `after_sweep_s` (results,
+    figures), so a re-run that skips finished trials still reports what a fresh run takes."""
     data = SweepData(sweep_dir)
     tests = claim.tests(data)
     spec = json.loads((sweep_dir / "trials.json").read_text()) if (sweep_dir / "trials.json").is_file() else {}
     steps = data.last_eval_step()
+    span, trial_s = sweep_seconds(sweep_dir)
+    prep = sweep_dir / PREPARE_TIMES
+    prepare_s = sum(json.loads(prep.read_text()).values()) if prep.is_file() else 0.0
     results_md = sweep_dir / "results.md"
     return {
         "claim": claim.name, "title": claim.title, "paper": claim.paper, "statement": claim.statement,
@@ -57,7 +81,8 @@ def verdict_record(claim: Claim, sweep_dir: Path, wall_s: float, command: str, s
         "methods": {m: data.seeds(m) for m in data.methods()}, "steps": steps,
         "trials": len(spec.get("trials", [])),
         "tests": [t.as_dict() for t in tests], "verdict": claim.decide(tests),
-        "wall_seconds": round(wall_s, 1),
+        "wall_seconds": round(prepare_s + span + after_sweep_s, 1), "prepare_seconds": round(prepare_s, 1),
+        "sweep_wall_seconds": round(span, 1), "trial_seconds": round(trial_s, 1),
         "results_table": results_md.read_text() if results_md.is_file() else "",
         "figures": sorted(str(p.relative_to(sweep_dir)) for p in (sweep_dir / "figures").glob("*.png")),
     }
@@ -87,7 +112,6 @@ def run_claim(claim: Claim, out: str | Path | None = None, smoke: bool = False, 
     from rshape.plot import plot
     from rshape.sweep import load_sweep, run_sweep
 
-    t0 = time.time()
     out = Path(out or (REPRO_ROOT / ("smoke" if smoke else "") / claim.name))
     out.mkdir(parents=True, exist_ok=True)
     extra = _prepare(claim, out, smoke)
@@ -96,8 +120,9 @@ def run_claim(claim: Claim, out: str | Path | None = None, smoke: bool = False, 
     outcome = run_sweep(sweep, max_parallel=max_parallel)
     if outcome.failed:
         raise RuntimeError(f"{len(outcome.failed)} trial(s) failed, e.g. {outcome.failed[0][0]}: {outcome.failed[0][1]}")
+    t1 = time.time()
     plot(out)
-    rec = verdict_record(claim, out, time.time() - t0, command or f"make repro-{claim.name}", smoke)
+    rec = verdict_record(claim, out, time.time() - t1, command or f"make repro-{claim.name}", smoke)
     (out / "verdict.json").write_text(json.dumps(rec, indent=2) + "\n")
     (out / "verdict.txt").write_text(format_verdict(rec) + "\n")
     return rec
