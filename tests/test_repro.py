@@ -59,6 +59,13 @@ def test_front_rule():
     assert decide_front([acc(unclear), tok(none)]) == INCONCLUSIVE
 
 
+def test_heading_anchor_like_github():
+    from rshape.repro.report import slug
+
+    assert slug("laser-d: LASER-D beats LASER; fixed + adaptive") == "laser-d-laser-d-beats-laser-fixed--adaptive"
+    assert slug("GRPO-λ prevents it") == "grpo-λ-prevents-it"
+
+
 def test_sweep_wall_time_from_trials(tmp_path):
     """Two trials in parallel (0-100 s, 10-120 s), then one (120-220 s): 220 s of wall time, 310 s of trials."""
     from rshape.repro.run import sweep_seconds

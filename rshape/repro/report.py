@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,14 @@ def claim_section(rec: dict[str, Any], fig_dir: Path, doc_dir: Path, sweep_dir: 
     for t in rec["tests"]:
         out.append(f"| {t['statement']} | {_margin(t)} | {_effect(t)} | {t['verdict']} |")
     out += ["", f"**Verdict: {rec['verdict']}**", ""]
-    if rec.get("results_table"):
-        out += ["Final held-out evaluation per method (mean ± sample std over seeds):", "",
-                rec["results_table"].strip(), ""]
+    reading = doc_dir / "readings" / f"{rec['claim']}.md"
+    if reading.is_file():  # an interpretation written by hand for the run shown here
+        out += [f"**Reading** ({reading.relative_to(doc_dir).as_posix()}, written for the run shown). "
+                + reading.read_text().strip(), ""]
+    table = [line for line in rec.get("results_table", "").splitlines() if line.startswith("|")]
+    if table:
+        out += ["Final greedy held-out evaluation per method (mean ± sample std over seeds; ★ = highest accuracy):",
+                "", *table, ""]
     for name in SHOWN_FIGURES:
         src = sweep_dir / "figures" / name
         if src.is_file():
@@ -53,6 +59,11 @@ def claim_section(rec: dict[str, Any], fig_dir: Path, doc_dir: Path, sweep_dir: 
             shutil.copyfile(src, dst)
             out += [f"![{rec['claim']} {name[:-4]}]({dst.relative_to(doc_dir).as_posix()})", ""]
     return out
+
+
+def slug(title: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces → hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 def write_doc(root: str | Path, doc: str | Path) -> Path:
@@ -80,7 +91,7 @@ def write_doc(root: str | Path, doc: str | Path) -> Path:
              "| claim | verdict | wall time |", "|---|---|---|"]
     for c in CLAIMS:
         r = recs.get(c.name)
-        lines.append(f"| [{c.name}](#{c.name}-{c.title.lower().replace(' ', '-')}) — {c.title} | "
+        lines.append(f"| [{c.name}](#{slug(f'{c.name}: {c.title}')}) — {c.title} | "
                      + (f"{r['verdict']}{' (smoke)' if r['smoke'] else ''} | {r['wall_seconds'] / 60:.1f} min |"
                         if r else "not run yet | |"))
     lines.append("")
