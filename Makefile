@@ -44,7 +44,6 @@ length-front: install
 	$(VENV)/bin/rshape plot runs/repro/length-front
 	mkdir -p docs/figures && cp runs/repro/length-front/figures/pareto.png docs/figures/length-front.png
 	cp runs/repro/length-front/figures/difficulty.png docs/figures/length-front-difficulty.png
-	cp runs/repro/length-front/results.md docs/length-front-results.md
 
 world-front: install
 	$(PY) scripts/world_front.py --world graded
