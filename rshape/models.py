@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from rshape.recipe import ModelConfig
 
 ASSETS = Path(__file__).parent / "assets"
-# built-in policy → (directory, world of rshape.tasks.warmstart that rebuilds it)
+# built-in policies: their directories, and the world of rshape.tasks.warmstart that rebuilds each
 BUILTIN_MODELS = {"builtin:tiny-addition": ASSETS / "tiny-addition", "builtin:tiny-graded": ASSETS / "tiny-graded"}
 BUILTIN_WORLDS = {"builtin:tiny-addition": "addition", "builtin:tiny-graded": "graded"}
 
