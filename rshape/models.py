@@ -6,17 +6,16 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rshape.recipe import ModelConfig
+from rshape.tasks.warmstart import WORLDS
 
-ASSETS = Path(__file__).parent / "assets"
-# built-in policies: their directories, and the world of rshape.tasks.warmstart that rebuilds each
-BUILTIN_MODELS = {"builtin:tiny-addition": ASSETS / "tiny-addition", "builtin:tiny-graded": ASSETS / "tiny-graded"}
-BUILTIN_WORLDS = {"builtin:tiny-addition": "addition", "builtin:tiny-graded": "graded"}
+# built-in policies (one per world of rshape.tasks.warmstart, which rebuilds it): name → world, name → directory
+BUILTIN_WORLDS = {f"builtin:tiny-{world}": world for world in WORLDS}
+BUILTIN_MODELS = {name: WORLDS[world].out_dir for name, world in BUILTIN_WORLDS.items()}
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -57,9 +57,9 @@ ASSET_DIR = ASSETS / "tiny-addition"
 
 @dataclass(frozen=True)
 class World:
-    """A built-in world's warm-start recipe: its trace mixture, digit counts and SFT length."""
+    """A built-in world's warm-start recipe: its trace mixture, digit counts and SFT length; its policy is
+    `builtin:tiny-<key>` in `WORLDS`, shipped in `out_dir`."""
 
-    name: str
     out_dir: Path
     mode_mix: dict[str, float]
     difficulties: tuple[int, ...]
@@ -71,10 +71,10 @@ class World:
 
 WORLDS: dict[str, World] = {
     # the original world: overthink / full / direct / malformed on 1-4 digits
-    "addition": World("addition", ASSET_DIR, DEFAULT_MODE_MIX, DEFAULT_DIFFICULTIES, DEFAULT_DIFFICULTY_WEIGHTS,
+    "addition": World(ASSET_DIR, DEFAULT_MODE_MIX, DEFAULT_DIFFICULTIES, DEFAULT_DIFFICULTY_WEIGHTS,
                       steps=900, eval_per_difficulty=50),
     # the graded world: abbreviated column steps (short / mixed traces) on 2-5 digits
-    "graded": World("graded", ASSETS / "tiny-graded",
+    "graded": World(ASSETS / "tiny-graded",
                     {"overthink_partial": 0.24, "partial": 0.08, "overthink": 0.12, "full": 0.10,
                      "overthink_mixed": 0.10, "mixed": 0.08, "overthink_short": 0.06, "short": 0.06,
                      "direct": 0.09, "malformed": 0.07},
