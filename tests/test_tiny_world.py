@@ -31,6 +31,7 @@ from rshape.tasks.warmstart import (  # noqa: E402
     forced_prefix,
     format_table,
     measure_policy,
+    normalise_mixes,
 )
 
 
@@ -248,3 +249,26 @@ def test_build_warmstart_smoke(tmp_path):
     assert set(stats["sampled"]["1"]) == set(TRACE_MODES)
     assert abs(sum(m["fraction"] for m in stats["sampled"]["all"].values()) - 1) < 1e-9
     assert format_table(stats).count("\n") == 4
+
+
+def test_trace_mixture_per_difficulty():
+    import random
+
+    from rshape.tasks.warmstart import _sft_examples
+
+    one = {"full": 3.0, "direct": 1.0}
+    assert normalise_mixes(one, (2, 3)) == {2: {"full": 0.75, "direct": 0.25}, 3: {"full": 0.75, "direct": 0.25}}
+    per = normalise_mixes({"2": {"direct": 2.0}, "3": {"full": 1.0, "short": 1.0}}, (2, 3))  # JSON keys are strings
+    assert per == {2: {"direct": 1.0}, 3: {"full": 0.5, "short": 0.5}}
+    with pytest.raises(ValueError, match=r"no mixture for difficulties \[3\]"):
+        normalise_mixes({2: {"full": 1.0}}, (2, 3))
+    with pytest.raises(ValueError, match="unknown trace modes"):
+        normalise_mixes({2: {"fulll": 1.0}, 3: {"full": 1.0}}, (2, 3))
+    # each difficulty's examples follow its own mixture: 2 digits only direct, 3 digits never direct
+    tok = build_char_tokenizer()
+    pools = {d: sample_pairs(d, 50, "train", 0, 0.2) for d in (2, 3)}
+    groups = _sft_examples(pools, (2, 3), (1.0, 1.0), per, 64, random.Random(0), tok)
+    texts = {d: [tok.decode([t for t, lab in zip(ids, labels) if lab != -100], skip_special_tokens=True)
+                 for ids, labels in g] for d, g in groups.items()}
+    assert texts[2] and all(classify_trace(t) == "direct" for t in texts[2])
+    assert texts[3] and {classify_trace(t) for t in texts[3]} == {"full", "short"}

@@ -61,7 +61,7 @@ class World:
     `builtin:tiny-<key>` in `WORLDS`, shipped in `out_dir`."""
 
     out_dir: Path
-    mode_mix: dict[str, float]
+    mode_mix: dict  # {mode: weight}, or {difficulty: {mode: weight}} for a mixture per difficulty
     difficulties: tuple[int, ...]
     difficulty_weights: tuple[float, ...]
     steps: int
@@ -152,6 +152,7 @@ def classify_trace(completion: str) -> str:
 
 
 def _normalise_mix(mode_mix: dict[str, float]) -> dict[str, float]:
+    """One trace mixture scaled to sum to 1."""
     unknown = set(mode_mix) - set(GRADED_TRACE_MODES)
     if unknown:
         raise ValueError(f"unknown trace modes {sorted(unknown)}; valid: {', '.join(GRADED_TRACE_MODES)}")
@@ -161,20 +162,32 @@ def _normalise_mix(mode_mix: dict[str, float]) -> dict[str, float]:
     return {m: w / total for m, w in mode_mix.items()}
 
 
+def normalise_mixes(mode_mix: dict, difficulties: tuple[int, ...]) -> dict[int, dict[str, float]]:
+    """The trace mixture of each difficulty: `mode_mix` is one mixture for all ({mode: weight}) or one per
+    difficulty ({difficulty: {mode: weight}}, keys may be strings as in JSON)."""
+    if mode_mix and all(isinstance(v, dict) for v in mode_mix.values()):
+        per = {int(d): m for d, m in mode_mix.items()}
+        missing = [d for d in difficulties if d not in per]
+        if missing:
+            raise ValueError(f"mode_mix has no mixture for difficulties {missing}")
+        return {d: _normalise_mix(per[d]) for d in difficulties}
+    mix = _normalise_mix(mode_mix)
+    return {d: mix for d in difficulties}
+
+
 def _train_pools(difficulties, n_per_difficulty: int, seed: int, eval_fraction: float):
     """Train-split operand pairs per difficulty (the whole split when it is smaller than asked)."""
     return {d: sample_pairs(d, n_per_difficulty, "train", seed, eval_fraction) for d in difficulties}
 
 
-def _sft_examples(pools, difficulties, difficulty_weights, mode_mix, batch_size, rng: random.Random,
+def _sft_examples(pools, difficulties, difficulty_weights, mixes, batch_size, rng: random.Random,
                   tokenizer) -> dict[int, list[tuple[list[int], list[int]]]]:
     """One batch of (input ids, labels) grouped by difficulty; labels are -100 except on the
-    completion + EOS."""
-    modes, weights = zip(*mode_mix.items(), strict=True)
+    completion + EOS. `mixes` is each difficulty's trace mixture (`normalise_mixes`)."""
     groups: dict[int, list[tuple[list[int], list[int]]]] = {}
     for d in rng.choices(difficulties, difficulty_weights, k=batch_size):
         a, b = rng.choice(pools[d])
-        mode = rng.choices(modes, weights)[0]
+        mode = rng.choices(list(mixes[d]), list(mixes[d].values()))[0]
         prompt_ids = tokenizer(make_prompt(a, b), add_special_tokens=False)["input_ids"]
         comp_ids = tokenizer(make_trace(a, b, mode, rng), add_special_tokens=False)["input_ids"]
         comp_ids = comp_ids + [tokenizer.eos_token_id]
@@ -462,7 +475,7 @@ def build_warmstart(
     steps: int = 900,
     batch_size: int = 32,
     lr: float = 3e-3,
-    mode_mix: dict[str, float] | None = None,
+    mode_mix: dict | None = None,
     device: str | torch.device = "cpu",
     *,
     difficulties: tuple[int, ...] | list[int] = DEFAULT_DIFFICULTIES,
@@ -486,16 +499,16 @@ def build_warmstart(
 
     Problems are drawn fresh each step from the train split of `difficulties`, weighted by
     `difficulty_weights` (None: `DEFAULT_DIFFICULTY_WEIGHTS` for the default difficulties, else
-    uniform), each with a trace mode drawn from `mode_mix` (None: `DEFAULT_MODE_MIX`); the loss
-    is on the completion (trace + EOS) only. Writes the model, the tokenizer and
+    uniform), each with a trace mode drawn from `mode_mix` (one mixture, or one per difficulty; None:
+    `DEFAULT_MODE_MIX`); the loss is on the completion (trace + EOS) only. Writes the model, the tokenizer and
     `warmstart.json` (build parameters, training time, final loss and, if `measure`, the
     `measure_policy` stats on the eval split of `addition_task(difficulties,
     eval_per_difficulty=...)`). Deterministic for a given seed, device and torch thread count.
     Returns the `warmstart.json` content.
     """
     t0 = time.time()
-    mix = _normalise_mix(dict(mode_mix) if mode_mix is not None else DEFAULT_MODE_MIX)
     difficulties = tuple(difficulties)
+    mixes = normalise_mixes(dict(mode_mix) if mode_mix is not None else DEFAULT_MODE_MIX, difficulties)
     if difficulty_weights is None:
         difficulty_weights = (DEFAULT_DIFFICULTY_WEIGHTS if difficulties == DEFAULT_DIFFICULTIES
                               else (1.0,) * len(difficulties))
@@ -530,7 +543,7 @@ def build_warmstart(
     model.train()
     losses: list[float] = []
     for step in range(steps):
-        groups = _sft_examples(pools, difficulties, difficulty_weights, mix, batch_size, rng, tokenizer)
+        groups = _sft_examples(pools, difficulties, difficulty_weights, mixes, batch_size, rng, tokenizer)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -546,7 +559,9 @@ def build_warmstart(
     info: dict[str, Any] = {
         "kind": f"rshape tiny-{world} warm start",
         "params": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-                   "mode_mix": mix, "difficulties": list(difficulties),
+                   "mode_mix": (next(iter(mixes.values())) if len({json.dumps(m) for m in mixes.values()}) == 1
+                                else {str(d): m for d, m in mixes.items()}),
+                   "difficulties": list(difficulties),
                    "difficulty_weights": list(difficulty_weights),
                    "config_overrides": dict(config_overrides or {}), "warmup_steps": warmup_steps,
                    "weight_decay": weight_decay, "eval_fraction": eval_fraction},
@@ -600,7 +615,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--mode-mix", default=None,
-                    help='JSON weights, e.g. \'{"overthink": 0.5, "full": 0.3, "direct": 0.12, "malformed": 0.08}\'')
+                    help='JSON weights, e.g. \'{"overthink": 0.5, "full": 0.3, "direct": 0.12, "malformed": 0.08}\', '
+                         'or one mixture per difficulty: \'{"2": {...}, "3": {...}}\'')
     ap.add_argument("--difficulty-weights", default=None, help="comma-separated weights, one per difficulty")
     ap.add_argument("--config", default=None, help='JSON LlamaConfig overrides, e.g. \'{"num_hidden_layers": 4}\'')
     ap.add_argument("--device", default="cpu")
