@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
 REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
-.PHONY: install test lint quickstart warmstart bench recipe-keys sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
+.PHONY: install test lint quickstart warmstart bench readme-tables sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
 
 install: $(STAMP)
 
@@ -61,8 +61,8 @@ bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_trl.py
 
-recipe-keys: install
-	$(PY) scripts/recipe_keys.py --write
+readme-tables: install
+	$(PY) scripts/readme_tables.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -43,11 +43,12 @@ def rl(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output_dir from its latest checkpoint.")] = False,
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
-    from rshape.recipe import RecipeError, load_recipe
+    from rshape.recipe import RecipeError
     from rshape.rewards import RewardRuntimeError
     from rshape.rl.rollout import DecoderError
     from rshape.runs import RunDirError
     from rshape.tasks import DataError
+    from rshape.validate import load_recipe
 
     try:
         cfg = load_recipe(recipe, overrides or [])

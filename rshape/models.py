@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rshape.recipe import ModelConfig
-from rshape.tasks.warmstart import WORLDS
+from rshape.tasks.warmstart import WORLDS, build_world
 
 # built-in policies (one per world of rshape.tasks.warmstart, which rebuilds it): name → world, name → directory
 BUILTIN_WORLDS = {f"builtin:tiny-{world}": world for world in WORLDS}
@@ -41,8 +41,6 @@ def resolve_model_path(name: str) -> str:
             raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}")
         path = BUILTIN_MODELS[name]
         if not (path / "config.json").is_file():
-            from rshape.tasks.warmstart import build_world
-
             build_world(BUILTIN_WORLDS[name], path)
         return str(path)
     return name

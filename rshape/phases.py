@@ -18,44 +18,20 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from rshape.runs import JsonlWriter, latest_checkpoint, save_checkpoint, trainable_state_dict, write_json
-
-
-class SftConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-    steps: int = Field(50, gt=0)
-    """Optimizer steps."""
-    batch_size: int = Field(32, gt=0)
-    """Examples per step."""
-    lr: float = Field(1e-3, gt=0)
-    """AdamW learning rate."""
-    mode_mix: dict[str, float] = {"full": 1.0}
-    """addition task: trace kinds to imitate and their shares (full, overthink, direct, malformed)."""
-    completion_key: str = "completion"
-    """jsonl task: the data column holding the target completion."""
-
-
-class PhaseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-    name: str
-    """Phase name (its run directory is `<output_dir>/<index>_<name>`)."""
-    kind: Literal["rl", "sft"] = "rl"
-    """`rl`: the GRPO loop; `sft`: supervised fine-tuning on reference completions."""
-    overrides: dict[str, Any] = {}
-    """Recipe keys changed for this phase (dotted keys or whole sections)."""
-    sft: SftConfig = SftConfig()
-    """Settings of an sft phase."""
+from rshape.recipe import PhaseConfig, Recipe, SftConfig, apply_override
+from rshape.rl.loop import train
+from rshape.rl.rollout import positions_from_mask, render_prompt
+from rshape.rl.session import RunSession
+from rshape.runs import latest_checkpoint, read_jsonl, restore_checkpoint, write_json
+from rshape.tasks.arithmetic import make_trace
 
 
 def phase_recipe(base: dict[str, Any], phase: PhaseConfig, index: int, previous: Path | None, lora: bool) -> dict[str, Any]:
     """The plain recipe dict of one phase: base + overrides, its own run dir, the previous weights."""
-    from rshape.recipe import apply_override
-
     data = {k: v for k, v in base.items() if k != "phases"}
     data = _deep_copy(data)
     for key, value in phase.overrides.items():
@@ -80,10 +56,6 @@ def _deep_copy(x: Any) -> Any:
 
 def run_phases(recipe: Any, resume: bool = False, console: Any = None) -> dict[str, Any]:
     """Run every phase in order; returns the last RL phase's summary with the phases listed."""
-    from rshape.recipe import Recipe
-    from rshape.rl.loop import train
-    from rshape.runs import read_jsonl
-
     base = recipe.model_dump(mode="json")
     previous: Path | None = None
     summaries = []
@@ -112,8 +84,6 @@ def run_phases(recipe: Any, resume: bool = False, console: Any = None) -> dict[s
 
 def sft_examples(task: Any, cfg: SftConfig, rng: random.Random, n: int) -> list[tuple[Any, str]]:
     """(prompt, target completion) pairs: tiny-world traces of the mixed kinds, or a data column."""
-    from rshape.tasks.arithmetic import make_trace
-
     out = []
     for problem in rng.sample(task.train, min(n, len(task.train))):
         if "a" in problem.meta and "b" in problem.meta:  # the built-in addition world
@@ -129,8 +99,6 @@ def sft_examples(task: Any, cfg: SftConfig, rng: random.Random, n: int) -> list[
 def sft_loss(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[Any, str]], system_prompt: str | None,
              device: torch.device) -> torch.Tensor:
     """Mean cross-entropy of the completion tokens (and EOS) given the rendered prompt."""
-    from rshape.rl.rollout import positions_from_mask, render_prompt
-
     has_template = bool(getattr(tokenizer, "chat_template", None))
     rows, labels = [], []
     for prompt, completion in pairs:
@@ -155,43 +123,22 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
     examples drawn with the seed (recipe seed, s), so with checkpoints every `train.checkpoint_every` steps
     (weights, optimizer, RNG) `resume` continues exactly where an interrupted phase stopped.
     """
-    from rshape.evaluate import evaluate_recipe
-    from rshape.models import load_policy, resolve_device, resolve_dtype
-    from rshape.recipe import recipe_to_yaml
-    from rshape.runs import manifest, prepare_run_dir, read_jsonl, restore_checkpoint, truncate_jsonl_after_step
-    from rshape.tasks import build_task
-
-    device = resolve_device(recipe.device)
-    run_dir = prepare_run_dir(recipe.output_dir, resume)
-    torch.manual_seed(recipe.seed)
-    task = build_task(recipe.task, recipe.seed)
-    policy = load_policy(recipe.model, device, resolve_dtype(recipe.dtype, device))
-    model, tokenizer = policy.model, policy.tokenizer
-    params = policy.trainable_parameters()
+    run = RunSession.open(recipe, resume)
+    model, tokenizer, task, device = run.model, run.tokenizer, run.task, run.device
+    params = run.policy.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     start = 0
     if resume:
-        start = restore_checkpoint(run_dir, model, optimizer)["step"]
-        truncate_jsonl_after_step(run_dir / "metrics.jsonl", start)
-        truncate_jsonl_after_step(run_dir / "eval.jsonl", min(start, cfg.steps - 1))  # the final eval is redone
+        start = restore_checkpoint(run.run_dir, model, optimizer)["step"]
+        run.resume_logs({"metrics": start, "eval": min(start, cfg.steps - 1)})  # the final eval is redone
     else:
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-        write_json(run_dir / "manifest.json", manifest(recipe.seed, device, {"phase": "sft"}))
-    metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
-
-    def evaluate(step: int) -> dict[str, float]:
-        model.eval()
-        m = evaluate_recipe(model, tokenizer, task, recipe, device)
-        model.train()
-        eval_log.write({"step": step, **m})
-        return m
+        run.start({"phase": "sft"}, ("metrics", "eval"))
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir, step, model, {"step": step, "trainable": trainable_state_dict(model),
-                                               "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-                        tokenizer=tokenizer)
+        run.checkpoint(step, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state())
 
-    first = evaluate(0) if start == 0 else read_jsonl(run_dir / "eval.jsonl")[0]
+    if start == 0:
+        run.evaluate(0)
     model.train()
     every = recipe.train.checkpoint_every
     for step in range(start + 1, cfg.steps + 1):
@@ -202,14 +149,10 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item()
         optimizer.step()
-        metrics_log.write({"step": step, "sft/loss": loss.item(), "optim/grad_norm": grad_norm,
+        run.logs["metrics"].write({"step": step, "sft/loss": loss.item(), "optim/grad_norm": grad_norm,
                            "perf/step_time": time.perf_counter() - t0})
         if every and step % every == 0 and step != cfg.steps:
             checkpoint(step)
-    final = evaluate(cfg.steps)
+    final = run.evaluate(cfg.steps)
     checkpoint(cfg.steps)
-    metrics_log.close()
-    eval_log.close()
-    summary = {"run_dir": str(run_dir), "first_eval": first, "final_eval": final, "steps": cfg.steps}
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    return run.finish(final, cfg.steps)

@@ -6,14 +6,14 @@ one line each: `recipes/x.yaml:12: rollout.group_siz: unknown key`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rshape.curriculum import CurriculumConfig
-from rshape.phases import PhaseConfig
+from rshape.curriculum.config import CurriculumConfig
 
 
 class RecipeError(Exception):
@@ -209,6 +209,36 @@ class EvalConfig(Section):
     """Seed of eval.samples' noise, keyed by (seed, problem, sample) only: every checkpoint sees the same noise."""
 
 
+class SftConfig(BaseModel):
+    """Settings of an `sft` phase (rshape.phases)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    steps: int = Field(50, gt=0)
+    """Optimizer steps."""
+    batch_size: int = Field(32, gt=0)
+    """Examples per step."""
+    lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate."""
+    mode_mix: dict[str, float] = {"full": 1.0}
+    """addition task: trace kinds to imitate and their shares (full, overthink, direct, malformed)."""
+    completion_key: str = "completion"
+    """jsonl task: the data column holding the target completion."""
+
+
+class PhaseConfig(BaseModel):
+    """One entry of `phases` (rshape.phases)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    name: str
+    """Phase name (its run directory is `<output_dir>/<index>_<name>`)."""
+    kind: Literal["rl", "sft"] = "rl"
+    """`rl`: the GRPO loop; `sft`: supervised fine-tuning on reference completions."""
+    overrides: dict[str, Any] = {}
+    """Recipe keys changed for this phase (dotted keys or whole sections)."""
+    sft: SftConfig = SftConfig()
+    """Settings of an sft phase."""
+
+
 class RunSettings(Section):
     """Run-level keys shared by every command's recipe (`rl`, `train-rm`)."""
 
@@ -257,7 +287,7 @@ class Recipe(RunSettings):
 # --------------------------------------------------------------------------- YAML and overrides
 
 
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
+def line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map every key path of a YAML document to its 1-based line."""
     index: dict[tuple[str, ...], int] = {}
 
@@ -305,30 +335,52 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _format_errors(exc: ValidationError, source: str, lines: dict[tuple[str, ...], int],
-                   overridden: set[tuple[str, ...]]) -> list[str]:
+@dataclass
+class KeySource:
+    """Where the keys of a YAML document came from, so that every error line names its file and line:
+    `recipes/x.yaml:12: rollout.group_siz: unknown key` (`command line: ...` for an override)."""
+
+    path: str
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)  # key path → 1-based line
+    overridden: set[tuple[str, ...]] = field(default_factory=set)  # key paths set on the command line
+
+    def where(self, loc: tuple[str, ...]) -> str:
+        """`file:line` of the innermost key of `loc` that the file has, `command line`, or the file."""
+        if any(loc[: len(o)] == o for o in self.overridden):
+            return "command line"
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.lines:
+                return f"{self.path}:{self.lines[loc[:n]]}"
+        return self.path
+
+    def line(self, loc: tuple[str, ...], message: str, at: tuple[str, ...] | None = None) -> str:
+        """The one error line of every rshape config problem: `where: dotted.key: message` (`at`: locate
+        another key than the one named)."""
+        return f"{self.where(loc if at is None else at)}: {'.'.join(loc) or '(top level)'}: {message}"
+
+    def validation_lines(self, exc: ValidationError) -> list[str]:
+        """A pydantic ValidationError as error lines, in file order."""
+        return sorted((self.line(loc, msg) for loc, msg in validation_problems(exc, with_input=True)), key=_line_of)
+
+
+def validation_problems(exc: ValidationError, prefix: tuple[str, ...] = (), skip: int = 0,
+                        with_input: bool = False) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, message) of each error of a pydantic ValidationError: `unknown key`, `missing required key` or
+    pydantic's message; `skip` drops leading parts of pydantic's location (e.g. a tagged union's tag);
+    `with_input` adds the offending scalar (`(got 3)`)."""
     out = []
     for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "(top level)"
-        where = source
-        if any(loc[: len(o)] == o for o in overridden):
-            where = "command line"
-        else:
-            for n in range(len(loc), 0, -1):
-                if loc[:n] in lines:
-                    where = f"{source}:{lines[loc[:n]]}"
-                    break
+        loc = (*prefix, *(str(p) for p in err["loc"][skip:]))
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "missing required key"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], (dict, list)):
+            if with_input and "input" in err and not isinstance(err["input"], (dict, list)):
                 msg += f" (got {err['input']!r})"
-        out.append(f"{where}: {key}: {msg}")
-    return sorted(out, key=_line_of)
+        out.append((loc, msg))
+    return out
 
 
 def _line_of(message: str) -> tuple[int, str]:
@@ -339,6 +391,7 @@ def _line_of(message: str) -> tuple[int, str]:
 
 
 def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]]:
+    """A recipe file's mapping and the line of each key; RecipeError if it is missing or not a YAML mapping."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError([f"{p}: recipe file not found"])
@@ -351,98 +404,27 @@ def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]
         raise RecipeError([f"{p}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
         raise RecipeError([f"{p}: a recipe is a mapping of keys, got {type(data).__name__}"])
-    return data, _line_index(text)
+    return data, line_index(text)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem at once."""
+def read_with_overrides(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, KeySource]:
+    """A recipe file's mapping with dotted `key=value` overrides applied, and where each key came from."""
     data, lines = load_recipe_dict(path)
-    overridden: set[tuple[str, ...]] = set()
+    source = KeySource(str(path), lines)
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(data, keys, value)
-        overridden.add(tuple(keys))
+        source.overridden.add(tuple(keys))
+    return data, source
+
+
+def parse_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, KeySource]:
+    """Read, override and schema-validate an `rl` recipe (the registry checks are `rshape.validate`'s)."""
+    data, source = read_with_overrides(path, overrides)
     try:
-        recipe = Recipe.model_validate(data)
+        return Recipe.model_validate(data), source
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, str(path), lines, overridden)) from None
-    errors = check_components(recipe, str(path), lines, overridden)
-    if errors:
-        raise RecipeError(errors)
-    return recipe
-
-
-def check_components(recipe: Recipe, source: str, lines: dict[tuple[str, ...], int],
-                     overridden: set[tuple[str, ...]]) -> list[str]:
-    """Validate what the schema cannot: reward names and parameters, data files."""
-    from rshape.rewards import RewardConfigError, build_rewards
-
-    errors: list[str] = []
-
-    def where(loc: tuple[str, ...]) -> str:
-        if any(loc[: len(o)] == o for o in overridden):
-            return "command line"
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in lines:
-                return f"{source}:{lines[loc[:n]]}"
-        return source
-
-    try:
-        build_rewards(recipe.rewards, max_new_tokens=recipe.rollout.max_new_tokens, mode=recipe.reward_combine)
-    except RewardConfigError as exc:
-        for loc, msg in exc.problems:
-            errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
-    from rshape.registry import UnknownName
-    from rshape.rl.advantages import ADVANTAGES, check_advantage_params
-
-    try:
-        fn = ADVANTAGES.get(recipe.algorithm.advantage)
-        for key, msg in check_advantage_params(fn, recipe.algorithm.advantage_params):
-            loc = ("algorithm", "advantage_params", *key)
-            errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
-    except UnknownName as exc:
-        errors.append(f"{where(('algorithm', 'advantage'))}: algorithm.advantage: {exc}")
-    from pydantic import ValidationError as _VE
-
-    from rshape.schedules import parse_schedule
-
-    for name, spec in recipe.schedules.items():
-        try:
-            parse_schedule(spec)
-        except _VE as exc:
-            for err in exc.errors():
-                loc = ("schedules", name, *(str(p) for p in err["loc"][1:]))
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown key"
-                errors.append(f"{where(loc)}: {'.'.join(loc)}: {msg}")
-    if recipe.phases:
-        from rshape.phases import phase_recipe
-
-        base = recipe.model_dump(mode="json")
-        for i, phase in enumerate(recipe.phases, 1):
-            try:
-                sub = Recipe.model_validate(phase_recipe(base, phase, i, None, recipe.model.lora.enabled))
-                errors += [line.replace(f"{source}: ", f"{where(('phases', str(i - 1)))}: phases.{i - 1} ({phase.name}): ", 1)
-                           for line in check_components(sub, source, {}, set())]
-            except ValidationError as exc:
-                for err in exc.errors():
-                    key = ".".join(str(p) for p in err["loc"])
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-                    errors.append(f"{where(('phases', str(i - 1)))}: phases.{i - 1} ({phase.name}): {key}: {msg}")
-    budget_source = recipe.rollout.max_new_tokens_from
-    if budget_source is not None and budget_source not in recipe.schedules:
-        loc = ("rollout", "max_new_tokens_from")
-        errors.append(f"{where(loc)}: rollout.max_new_tokens_from: no schedule named {budget_source!r} in `schedules`")
-    task = recipe.task
-    if task.name == "jsonl":
-        if not task.train_file:
-            errors.append(f"{where(('task', 'name'))}: task.train_file: needed when task.name is jsonl")
-        for key in ("train_file", "eval_file"):
-            f = getattr(task, key)
-            if f and not Path(f).is_file():
-                errors.append(f"{where(('task', key))}: task.{key}: file not found: {f}")
-    return errors
+        raise RecipeError(source.validation_lines(exc)) from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -34,6 +34,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._table)
 
+    def defined_in(self, module: str) -> dict[str, T]:
+        """The entries defined in one module (e.g. a reward family), by name."""
+        return {n: obj for n, obj in self._table.items() if getattr(obj, "__module__", None) == module}
+
     def __contains__(self, name: str) -> bool:
         return name in self._table
 

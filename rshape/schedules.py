@@ -20,14 +20,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
-class _Schedule(BaseModel):
+class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     def __call__(self, t: int) -> float:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must define __call__")
 
 
-class Constant(_Schedule):
+class Constant(Schedule):
     """v(t) = value."""
 
     schedule: Literal["constant"]
@@ -37,7 +37,7 @@ class Constant(_Schedule):
         return self.value
 
 
-class _Ramp(_Schedule):
+class _Ramp(Schedule):
     start: float
     """Value at and before step `begin`."""
     end: float
@@ -75,7 +75,7 @@ class Cosine(_Ramp):
         return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * self.progress(t)))
 
 
-class Exponential(_Schedule):
+class Exponential(Schedule):
     """v(t) = max(floor, start·γ^⌊(t − begin)/period⌋) for t ≥ begin, start before.
 
     With start 256, γ 0.7, period 150 this is the budget of "Train Long, Think Short" (METHODS.md §2).
@@ -97,7 +97,7 @@ class Exponential(_Schedule):
         return max(self.floor, v) if self.floor is not None else v
 
 
-class Step(_Schedule):
+class Step(Schedule):
     """v(t) = values[i], i = number of milestones ≤ t."""
 
     schedule: Literal["step"]
@@ -116,7 +116,7 @@ class Step(_Schedule):
         return self.values[sum(1 for m in self.milestones if t >= m)]
 
 
-class Piecewise(_Schedule):
+class Piecewise(Schedule):
     """Linear interpolation between (step, value) points; constant before the first and after the last."""
 
     schedule: Literal["piecewise"]
@@ -139,8 +139,8 @@ class Piecewise(_Schedule):
         return pts[-1][1]
 
 
-Schedule = Annotated[Constant | Linear | Cosine | Exponential | Step | Piecewise, Field(discriminator="schedule")]
-SCHEDULE_ADAPTER: TypeAdapter = TypeAdapter(Schedule)
+ScheduleSpec = Annotated[Constant | Linear | Cosine | Exponential | Step | Piecewise, Field(discriminator="schedule")]
+SCHEDULE_ADAPTER: TypeAdapter = TypeAdapter(ScheduleSpec)
 SCHEDULE_KINDS = ("constant", "linear", "cosine", "exponential", "step", "piecewise")
 
 
@@ -148,6 +148,22 @@ def is_schedule(value: Any) -> bool:
     return isinstance(value, dict) and "schedule" in value
 
 
-def parse_schedule(value: dict[str, Any]) -> _Schedule:
+def parse_schedule(value: dict[str, Any]) -> Schedule:
     """Validate a schedule mapping (raises pydantic.ValidationError)."""
     return SCHEDULE_ADAPTER.validate_python(value)
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimizer step s: linear warm-up, then constant/linear/cosine to 0."""
+
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rshape.recipe import RecipeError, describe_keys, load_recipe
+from rshape.recipe import RecipeError, describe_keys
+from rshape.validate import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +109,49 @@ def test_readme_documents_every_component_and_estimator():
     readme = (ROOT / "README.md").read_text()
     missing = [n for n in REWARDS.names() + ADVANTAGES.names() if f"| `{n}` |" not in readme]
     assert not missing, f"README lacks rows for: {missing}"
+
+
+def test_readme_tables_match_the_code():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "readme_tables.py"), "--check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_new_reward_family_is_one_file(tmp_path, monkeypatch):
+    """A throw-away family in a temporary module registers itself; recipes, scoring and the README table see it
+    without any core file changing."""
+    import importlib
+
+    from conftest import make_reward_batch
+
+    from rshape.rewards import REWARDS, build_rewards
+
+    monkeypatch.setattr(REWARDS, "_table", dict(REWARDS._table))  # the registration goes away with the test
+    (tmp_path / "throwaway_family.py").write_text(
+        "import torch\n"
+        "from typing import ClassVar\n"
+        "from rshape.rewards.base import REWARDS, RewardComponent\n\n"
+        "@REWARDS.register('throwaway_short')\n"
+        "class ThrowawayShort(RewardComponent):\n"
+        "    summary: ClassVar[str] = 'r = -scale * L'\n"
+        "    source: ClassVar[str] = 'a test'\n"
+        "    scale: float = 0.5\n\n"
+        "    def __call__(self, batch, **_):\n"
+        "        return -self.scale * batch.lengths.double()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("throwaway_family")
+    rs = build_rewards({"correctness": {"weight": 1.0}, "short": {"type": "throwaway_short", "scale": 0.25}})
+    s = rs.score(make_reward_batch([4, 8], [1, 0], 2))
+    assert s.total.tolist() == [1.0 - 0.25 * 4, -0.25 * 8]
+    recipe = write(tmp_path, "rewards:\n  short: {type: throwaway_short, scale: 2}\n")
+    assert load_recipe(recipe).rewards["short"].model_dump()["scale"] == 2
+    bad = write(tmp_path, "rewards:\n  short: {type: throwaway_short, scal: 2}\n")
+    with pytest.raises(RecipeError, match=r"rewards\.short\.scal: unknown key"):
+        load_recipe(bad)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        import readme_tables
+    finally:
+        sys.path.pop(0)
+    assert "| `throwaway_short` | r = -scale * L | `scale` (0.5) | a test |" in readme_tables.rewards_table()

@@ -5,8 +5,8 @@ import torch
 from conftest import make_reward_batch as make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
-from rshape.rewards.combine import group_normalize
 from rshape.rewards.user import UserRewardError
+from rshape.rl.advantages import group_normalize, normalize_then_sum
 
 TEXTS = ["<think>a</think><answer>1</answer>", "<think>a</think>1", "<answer>1</answer>", "oops"]
 
@@ -59,7 +59,7 @@ def test_normalize_then_sum_by_hand():
     f = group_normalize(torch.tensor([1.0, 0, 0, 0]), 2)
     x = c + 2 * f
     want = (x - x.mean()) / (x.std() + 1e-4)
-    assert torch.allclose(s.advantages, want, atol=1e-6)
+    assert torch.allclose(normalize_then_sum(s.raw, s.added, 2), want, atol=1e-6)
     assert s.total.tolist() == [3.0, 0.0, 0.0, 0.0]  # the logged reward is the plain weighted sum
 
 

@@ -15,18 +15,12 @@ from conftest import make_reward_batch
 from pydantic import ValidationError
 
 from rshape.rewards.dense import (
-    COMPONENTS as DENSE,
-)
-from rshape.rewards.dense import (
     CostPenalty,
     PhaseEntropy,
     RepetitionPenalty,
     SelfAlignedReward,
     empty_question_prompt,
     find_tag_span,
-)
-from rshape.rewards.text import (
-    COMPONENTS as TEXT,
 )
 from rshape.rewards.text import (
     ReferenceOverlap,
@@ -37,6 +31,10 @@ from rshape.rewards.text import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+from rshape.rewards import REWARDS  # noqa: E402
+
+DENSE = REWARDS.defined_in("rshape.rewards.dense")
+TEXT = REWARDS.defined_in("rshape.rewards.text")
 
 
 make_batch = make_reward_batch
@@ -47,6 +45,8 @@ make_batch = make_reward_batch
 
 class FakeContext:
     """logprobs: per-token values chosen by whether the prompt still holds the question."""
+
+    tokenizer = None  # RewardContext's tokenizer: these tests give the tag's token id instead
 
     def __init__(self, with_q, without_q):
         self.with_q, self.without_q, self.calls = with_q, without_q, []
@@ -256,7 +256,7 @@ def test_pear_all_wrong_all_correct_and_tokenizer_sources():
     b = pear_batch(rows, [1, 1], ent, context=SimpleNamespace(tokenizer=tok))  # the loop's context has .tokenizer
     assert PhaseEntropy()(b).tolist() == pytest.approx(want)
     b = pear_batch(rows, [1, 1], ent)
-    b.tokenizer = tok  # the proposed RewardBatch.tokenizer field
+    b.tokenizer = tok  # RewardBatch.tokenizer, for scoring outside the loop
     assert PhaseEntropy()(b).tolist() == pytest.approx(want)
     with pytest.raises(ValueError, match="set think_end_token_id"):
         PhaseEntropy()(pear_batch(rows, [1, 1], ent))
@@ -570,8 +570,8 @@ def test_unknown_parameter_rejected():
 
 @pytest.mark.parametrize("name", ["sar", "pear"])
 def test_recipes_validate(name, monkeypatch):
-    from rshape.recipe import load_recipe
     from rshape.rewards import REWARDS
+    from rshape.validate import load_recipe
 
     path = ROOT / "recipes" / f"{name}.yaml"
     text = path.read_text()

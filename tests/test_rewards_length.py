@@ -10,8 +10,8 @@ import torch
 from conftest import make_reward_batch
 from pydantic import ValidationError
 
+from rshape.rewards import REWARDS
 from rshape.rewards.length import (
-    COMPONENTS,
     CosineLength,
     DapoOverlong,
     DlerTruncation,
@@ -27,6 +27,8 @@ from rshape.rewards.length import (
 )
 
 make_batch = make_reward_batch
+
+COMPONENTS = REWARDS.defined_in("rshape.rewards.length")
 
 
 def random_batch(rng, groups, group_size, max_len=200, max_new_tokens=0, p_trunc=0.0):

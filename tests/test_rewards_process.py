@@ -9,6 +9,7 @@ from conftest import make_reward_batch as make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
 from rshape.rewards.process import ProcessReward, addition_step_scores, refine_step_rewards
+from rshape.rl.advantages import step_advantages
 from rshape.tasks.arithmetic import make_trace
 
 
@@ -175,12 +176,13 @@ def test_per_step_combine_keeps_the_process_reward_out_of_the_total():
     scores = rs.score(batch)
     assert scores.total.tolist() == [0.0, 1.0]  # correctness only
     assert scores.raw["steps"].tolist() == [-1.0, 0.0] and scores.metrics["reward/steps/weighted"] == -0.25
-    adv = rs.step_advantages(batch, tok, width=40)
+    adv = step_advantages(rs.step_rewards(batch, tok), 2, 40)
     assert adv.shape == (2, 40)
     wrong_end = len(tok(texts[0][:22], add_special_tokens=False)["input_ids"]) - 1  # "2+2+0=5" ends at character 22
     assert adv[0, :wrong_end + 1].eq(-0.5).all() and adv[0, wrong_end + 1:].eq(0).all()
     assert adv[1].eq(0).all()
-    assert build_rewards({"correctness": {}}).step_advantages(batch, tok, 40) is None
+    assert build_rewards({"correctness": {}}).step_rewards(batch, tok) == []
+    assert step_advantages([], 2, 40) is None
     with pytest.raises(RewardConfigError) as exc:
         build_rewards({"c": {"type": "correctness", "combine": "per_step"},
                        "p": {"type": "process", "combine": "per_step", "gate": {"on": "c"}},

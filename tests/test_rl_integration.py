@@ -117,9 +117,9 @@ def test_qlora_base_frozen_adapters_train(tmp_path):
     assert lora_names and all("lora_" in n for n in lora_names)
     recipe = tiny_recipe(random_model_dir, tmp_path / "q", steps=2, **{"model.load_in_4bit": True})
     train(recipe)  # the whole loop runs on a 4-bit base
-    from rshape.rl.loop import policy_update
     from rshape.rl.rollout import rollout
     from rshape.rl.sampling import sample_keys
+    from rshape.rl.step import policy_update
     from rshape.tasks.arithmetic import make_problem
 
     problems = [make_problem(12, 34), make_problem(5, 6)]
@@ -243,7 +243,8 @@ def test_budget_schedule_drives_generation_limit(random_model_dir, tmp_path):
 
 
 def test_budget_source_must_exist(tmp_path):
-    from rshape.recipe import RecipeError, load_recipe
+    from rshape.recipe import RecipeError
+    from rshape.validate import load_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text("rollout:\n  max_new_tokens_from: budget\n")
@@ -281,7 +282,8 @@ def test_two_phase_recipe_sft_then_rl(random_model_dir, tmp_path):
 
 
 def test_phase_errors_name_the_phase(tmp_path):
-    from rshape.recipe import RecipeError, load_recipe
+    from rshape.recipe import RecipeError
+    from rshape.validate import load_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text("phases:\n  - name: a\n    overrides: {train.stepz: 3}\n  - name: b\n    overrides: {rewards.x.type: nope}\n")

@@ -211,16 +211,14 @@ def test_cli_eval_rm_with_best_of_n(single, random_model_dir, tmp_path):
 
 
 def test_shipped_rm_recipes_validate(monkeypatch):
-    from rshape.recipe import load_recipe
     from rshape.rewards import REWARDS
-    from rshape.rewards.model import COMPONENTS
     from rshape.rm.recipe import load_rm_recipe
+    from rshape.validate import load_recipe
 
     root = Path(__file__).resolve().parent.parent
     rm = load_rm_recipe(root / "recipes" / "rm_tiny.yaml")
     assert rm.model.name == "builtin:all-minilm-l6-v2" and rm.data.train == "builtin:tiny-preferences"
-    if "rm" not in REWARDS:  # until rshape.rewards lists the `model` family
-        monkeypatch.setitem(REWARDS._table, "rm", COMPONENTS["rm"])
+    assert "rm" in REWARDS
     rl = load_recipe(root / "recipes" / "rl_with_rm.yaml")
     spec = rl.rewards["rm"].model_dump()
     assert spec["path"] == "runs/rm_tiny/model" and spec["transform"] == "par"

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from rshape.curriculum import BUCKETS, CurriculumConfig
-from rshape.curriculum.trackers import _EPS, DifficultyTracker, build_tracker, label_of
+from rshape.curriculum.config import BUCKETS, CurriculumConfig
+from rshape.curriculum.trackers import RATE_EPS, DifficultyTracker, build_tracker, label_of
 from rshape.schedules import parse_schedule
 from rshape.tasks.base import Problem
 
@@ -214,7 +214,7 @@ class CurriculumSampler:
             if self.tracker.visits(p) < rc.min_visits:
                 continue
             r = self.tracker.last(p) if rc.signal == "last" else self.tracker.pass_rate(p)
-            if r is not None and r >= rc.threshold - _EPS:
+            if r is not None and r >= rc.threshold - RATE_EPS:
                 out.add(i)
         return out
 

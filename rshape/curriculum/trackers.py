@@ -23,16 +23,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from rshape.curriculum.config import TrackerConfig
 from rshape.tasks.base import Problem
 
-if TYPE_CHECKING:
-    from rshape.curriculum import TrackerConfig
-
-_EPS = 1e-9  # pass rates are float32 means (2/3 → 0.66666669); compare with a little slack
+RATE_EPS = 1e-9  # pass rates are float32 means (2/3 → 0.66666669); compare with a little slack
 
 
 def label_of(problem: Problem, key: str | None) -> Any:
@@ -41,9 +39,9 @@ def label_of(problem: Problem, key: str | None) -> Any:
 
 
 def bucket_of(rate: float, easy_above: float, hard_below: float) -> str:
-    if rate >= easy_above - _EPS:
+    if rate >= easy_above - RATE_EPS:
         return "easy"
-    if rate < hard_below - _EPS:
+    if rate < hard_below - RATE_EPS:
         return "hard"
     return "medium"
 
@@ -104,8 +102,8 @@ class DifficultyTracker:
         m.update({f"tracker/{b}": c / known if known else 0.0 for b, c in counts.items()})
         if rates:
             m["tracker/pass_rate_mean"] = sum(rates) / len(rates)
-            m["tracker/solved"] = sum(r >= 1.0 - _EPS for r in rates) / len(rates)
-            m["tracker/unsolved"] = sum(r <= _EPS for r in rates) / len(rates)
+            m["tracker/solved"] = sum(r >= 1.0 - RATE_EPS for r in rates) / len(rates)
+            m["tracker/unsolved"] = sum(r <= RATE_EPS for r in rates) / len(rates)
         return m
 
     # -------------------------------------------------------------- state

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from rshape.registry import Registry, UnknownName, load_dotted
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.registry import UnknownName, load_dotted
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.rewards.combine import Constraint, RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
 from rshape.rewards.user import UserFunction, UserRewardError
-from rshape.schedules import SCHEDULE_KINDS, _Schedule, is_schedule, parse_schedule
+from rshape.schedules import SCHEDULE_KINDS, Schedule, is_schedule, parse_schedule
 
-# Each family module defines COMPONENTS = {registry name: class}.
-FAMILY_MODULES = ["correctness", "format", "length", "laser", "history", "surrogate", "dense", "text", "model",
-                  "process"]
-
-REWARDS: Registry[type[RewardComponent]] = Registry("reward")
-for _module in FAMILY_MODULES:
-    for _name, _cls in importlib.import_module(f"rshape.rewards.{_module}").COMPONENTS.items():
-        REWARDS.register(_name)(_cls)
+# every module of this package is imported: a family's classes register themselves (@REWARDS.register)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 # Entry names that imply a type when `type` is not given: `length:` means the Kimi reward.
 DEFAULT_TYPE = {"length": "kimi_length"}
@@ -39,7 +35,7 @@ class RewardConfigError(Exception):
         super().__init__("; ".join(f"{'.'.join(k)}: {m}" for k, m in problems))
 
 
-def _schedule_extremes(s: _Schedule) -> list[float]:
+def _schedule_extremes(s: Schedule) -> list[float]:
     """Values of a schedule at the steps that define it (enough to check its sign)."""
     steps = {0, 10**9}
     for attr in ("begin", "until"):
@@ -71,8 +67,7 @@ def _resolve_class(type_name: str) -> type[RewardComponent] | Any:
     return REWARDS.get(type_name)  # raises UnknownName listing the valid names
 
 
-def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
-                  mode: str = "sum_then_normalize") -> RewardSet:
+def build_rewards(specs: Mapping[str, Any], mode: str = "sum_then_normalize") -> RewardSet:
     """Instantiate every component the recipe names; collect every problem before raising.
 
     An entry is `{type, weight, combine, gate, ...parameters}`; `type` is a registry name or a dotted
@@ -90,7 +85,7 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
         except UnknownName as exc:
             problems.append(((*where, "type"), str(exc)))
             continue
-        scheduled: dict[str, _Schedule] = {}
+        scheduled: dict[str, Schedule] = {}
         params: dict[str, Any] = {}
         for k, v in spec.items():
             if k in RESERVED_KEYS:
@@ -104,7 +99,7 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
                 params[k] = scheduled[k](0)
             else:
                 params[k] = v
-        weight: float | _Schedule = 1.0
+        weight: float | Schedule = 1.0
         raw_weight = spec.get("weight", 1.0)
         if is_schedule(raw_weight):
             try:
@@ -130,19 +125,19 @@ def build_rewards(specs: Mapping[str, Any], max_new_tokens: int | None = None,
             except ValidationError as exc:
                 problems += _pydantic_problems(exc, where)
                 continue
-        multiplicative = bool(getattr(type(component), "multiplicative", False))
+        multiplicative = type(component).multiplicative
         combine = spec.get("combine", "multiply" if multiplicative else "add")
         if combine not in ("add", "multiply", "per_step"):
             problems.append(((*where, "combine"), f"add, multiply or per_step, got {combine!r}"))
             continue
-        if combine == "per_step" and not callable(getattr(component, "step_rewards", None)):
+        if combine == "per_step" and not component.has_step_rewards:
             problems.append(((*where, "combine"), f"per_step needs a component with step rewards (process), "
                              f"not {type_name}"))
             continue
         if multiplicative and combine != "multiply":
             problems.append(((*where, "combine"), f"{type_name} is a multiplier of the reward; use combine: multiply"))
             continue
-        weights = _schedule_extremes(weight) if isinstance(weight, _Schedule) else [weight]
+        weights = _schedule_extremes(weight) if isinstance(weight, Schedule) else [weight]
         if not is_user and min(weights) < 0:
             problems.append(((*where, "weight"), "must be ≥ 0: a negative weight turns this reward into its opposite "
                              "(use a penalty component, or wrap it in a user function if you mean it)"))

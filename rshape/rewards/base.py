@@ -13,7 +13,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from rshape.registry import Registry
 from rshape.tasks.base import Problem
+
+REWARDS: Registry[type[RewardComponent]] = Registry("reward")  # filled by the family modules' decorators
 
 
 class RewardContext(Protocol):
@@ -53,6 +56,7 @@ class RewardBatch:
     schedule: dict[str, float] = field(default_factory=dict)  # current values of named schedules (budget...)
     token_entropies: torch.Tensor | None = None  # [N, T] sampling entropy per generated token, if asked for
     context: RewardContext | None = None  # access to the policy, for rewards that need it
+    tokenizer: Any = None  # the policy's tokenizer when there is no context (e.g. scoring saved completions)
 
     @property
     def num_groups(self) -> int:
@@ -67,14 +71,30 @@ class RewardComponent(BaseModel):
     """Base of every reward: a small picklable, validated callable `batch → [N] float tensor`.
 
     Parameters are pydantic fields (unknown keys are refused), so a recipe entry such as
-    `{type: kimi_length, weight: 0.4}` validates before any model loads.
+    `{type: kimi_length, weight: 0.4}` validates before any model loads. A family registers each class with
+    `@REWARDS.register("name")`; every module of `rshape.rewards` is imported, so a new family is one file.
+    The optional parts of the contract are declared here with their defaults.
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
     needs_entropies: ClassVar[bool] = False  # ask the rollout for per-token sampling entropies
+    multiplicative: ClassVar[bool] = False  # multiplies the summed reward (`combine: multiply`) instead of adding
+    has_step_rewards: ClassVar[bool] = False  # defines `step_rewards` (`combine: per_step`, process supervision)
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must define __call__")
+
+    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[list[tuple[int, float]]]:
+        """Per completion, (index of a step's last token, reward) of each reasoning step (`has_step_rewards`)."""
+        raise TypeError(f"{type(self).__name__} has no step rewards")
+
+    def step_normalization(self) -> str:
+        """How step rewards are normalised before their returns are taken: `none` or `group`."""
+        return "none"
+
+    def last_metrics(self) -> dict[str, float]:
+        """Extra metrics of the last call, logged as `reward/<entry>/<key>` (e.g. an RM ensemble's disagreement)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Persistent state (e.g. per-prompt history), saved in checkpoints. Stateless by default."""

@@ -10,11 +10,10 @@ Each entry of a recipe's `rewards:` becomes a `WeightedComponent`:
   (CaRL-style multipliers; ProRL's stop-properly override); NaN leaves r unchanged; the weight stays 1.
 The weight and any parameter may be a schedule of the step (rshape.schedules).
 
-Two modes (`reward_combine` in the recipe):
-- `sum_then_normalize` (default): total = the combination above; the advantage estimator normalises it.
-- `normalize_then_sum` (GDPO): each added component is normalised within its group,
-  (r − mean_g)/(std_g + ε), weighted (and gated), summed, and the sum whitened over the batch; that is
-  the advantage, and the estimator is skipped. `reward/total` still logs the plain weighted sum.
+The set returns raw and weighted rewards only; advantages are rshape.rl.advantages': `reward_combine:
+sum_then_normalize` (default) gives the total to the estimator, `normalize_then_sum` (GDPO) normalises each
+added component within its group instead (`normalize_then_sum` there, from each component's weight and gate in
+`RewardScores.added`), and `combine: per_step` components add token-level step returns (`step_advantages`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from rshape.rewards.base import RewardBatch, RewardComponent
-from rshape.schedules import _Schedule
+from rshape.schedules import Schedule
 
 
 class RewardRuntimeError(Exception):
@@ -57,17 +56,17 @@ class Constraint:
 @dataclass
 class WeightedComponent:
     name: str  # the recipe entry name; also the metric key
-    weight: float | _Schedule
+    weight: float | Schedule
     component: RewardComponent
     combine: Literal["add", "multiply", "per_step"] = "add"
     constraint: Constraint | None = None  # a Lagrange multiplier replaces the fixed weight
     gate_on: str | None = None
     gate_threshold: float = 0.0
-    scheduled_params: dict[str, _Schedule] = field(default_factory=dict)
+    scheduled_params: dict[str, Schedule] = field(default_factory=dict)
     type_name: str = ""
 
     def weight_at(self, step: int) -> float:
-        return self.weight(step) if isinstance(self.weight, _Schedule) else float(self.weight)
+        return self.weight(step) if isinstance(self.weight, Schedule) else float(self.weight)
 
     def component_at(self, step: int) -> RewardComponent:
         """The component with scheduled parameters set to their value at `step` (state is shared)."""
@@ -81,7 +80,7 @@ class RewardScores:
     total: torch.Tensor  # [N] the reward the advantage estimator receives (the weighted combination)
     raw: dict[str, torch.Tensor]  # component name → [N] raw values (NaN = not applicable)
     metrics: dict[str, float]  # reward/<name>/raw, .../weighted, reward/total ...
-    advantages: torch.Tensor | None = None  # [N] set by normalize_then_sum, which replaces the estimator
+    added: dict[str, tuple[float, torch.Tensor]] = field(default_factory=dict)  # added component → (weight, gate [N])
 
 
 def apply_multiplier(reward: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -95,22 +94,12 @@ def apply_multiplier(reward: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(value), reward, scaled)
 
 
-def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
-    g = x.view(-1, group_size)
-    filled = torch.where(torch.isnan(g), torch.nanmean(g, dim=1, keepdim=True).nan_to_num(0.0), g)
-    std = filled.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(filled[:, :1])
-    centred = filled - filled.mean(dim=1, keepdim=True)
-    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred)).reshape(-1)
-
-
 @dataclass
 class RewardSet:
     """The recipe's reward: see the module docstring for the combination rules."""
 
     components: list[WeightedComponent]
-    mode: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
-    eps: float = 1e-4
+    mode: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"  # read by rshape.rl.step
 
     @property
     def needs_entropies(self) -> bool:
@@ -150,38 +139,34 @@ class RewardSet:
 
     def score(self, batch: RewardBatch) -> RewardScores:
         """Call every component once on the batch, then combine."""
-        return self.combine(self.raw_scores(batch), batch.step, batch.group_size)
+        return self.combine(self.raw_scores(batch), batch.step)
 
     def raw_scores(self, batch: RewardBatch) -> dict[str, torch.Tensor]:
         """Each component's raw values [N] (the only place components are called)."""
         return {wc.name: self._raw(wc, batch) for wc in self.components}
 
-    def step_advantages(self, batch: RewardBatch, tokenizer: Any, width: int) -> torch.Tensor | None:
-        """[N, width] token-level advantages of the `combine: per_step` components: weight × the return of the
-        steps ending at or after each token (rshape.rl.advantages.process_token_advantages); None without any."""
-        from rshape.rl.advantages import process_token_advantages
-
-        parts = [wc for wc in self.components if wc.combine == "per_step"]
-        if not parts:
-            return None
-        out = torch.zeros(len(batch.completions), width)
-        for wc in parts:
+    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[tuple[float, list[list[tuple[int, float]]], str]]:
+        """(weight, step rewards, step normalisation) of each `combine: per_step` component: step_rewards[i] lists
+        (index of a step's last token, reward) of completion i (rshape.rl.advantages.step_advantages)."""
+        out = []
+        for wc in self.components:
+            if wc.combine != "per_step":
+                continue
             component = wc.component_at(batch.step)
             try:
                 steps = component.step_rewards(batch, tokenizer)
             except Exception as exc:
                 raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
                                          f"{type(exc).__name__}: {exc}") from exc
-            out += wc.weight_at(batch.step) * process_token_advantages(
-                steps, batch.group_size, width, getattr(component, "step_normalize", "none"), self.eps)
+            out.append((wc.weight_at(batch.step), steps, component.step_normalization()))
         return out
 
-    def combine(self, raws: dict[str, torch.Tensor], step: int, group_size: int) -> RewardScores:
+    def combine(self, raws: dict[str, torch.Tensor], step: int) -> RewardScores:
         """The total (and metrics) from raw component values: a pure function of its inputs."""
         n = next(iter(raws.values())).numel()
         metrics: dict[str, float] = {}
         added = torch.zeros(n)
-        normalized = torch.zeros(n)
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
         multipliers = []
         for wc in self.components:
             raw = raws[wc.name]
@@ -194,7 +179,7 @@ class RewardSet:
             metrics[f"reward/{wc.name}/raw"] = vals.mean().item() if vals.numel() else float("nan")
             metrics[f"reward/{wc.name}/raw_std"] = vals.std(unbiased=False).item() if vals.numel() else float("nan")
             metrics[f"reward/{wc.name}/applicable"] = applicable.float().mean().item()
-            if isinstance(wc.weight, _Schedule):
+            if isinstance(wc.weight, Schedule):
                 metrics[f"reward/{wc.name}/weight"] = w
             for k, s in wc.scheduled_params.items():
                 metrics[f"reward/{wc.name}/{k}"] = s(step)
@@ -211,8 +196,7 @@ class RewardSet:
             contribution = torch.where(applicable & gate, w * raw, torch.zeros_like(raw))
             added += contribution
             metrics[f"reward/{wc.name}/weighted"] = contribution.mean().item()
-            if self.mode == "normalize_then_sum":
-                normalized += torch.where(gate, w * group_normalize(raw, group_size, self.eps), torch.zeros_like(raw))
+            terms[wc.name] = (w, gate)
         total = added
         for raw in multipliers:  # in recipe order
             total = apply_multiplier(total, raw)
@@ -221,8 +205,4 @@ class RewardSet:
                 metrics[f"reward/{wc.name}/weighted"] = (total - added).mean().item()
         metrics["reward/total"] = total.mean().item() if n else float("nan")
         metrics["reward/total_std"] = total.std(unbiased=False).item() if n else float("nan")
-        advantages = None
-        if self.mode == "normalize_then_sum":
-            std = normalized.std() if n > 1 else torch.tensor(0.0)
-            advantages = (normalized - normalized.mean()) / (std + self.eps)
-        return RewardScores(total=total, raw=raws, metrics=metrics, advantages=advantages)
+        return RewardScores(total=total, raw=raws, metrics=metrics, added=terms)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.tasks.verifiers import VERIFIERS
 
 
+@REWARDS.register("correctness")
 class Correctness(RewardComponent):
     """r_i = correct_score if c_i else wrong_score.
 
@@ -20,6 +21,11 @@ class Correctness(RewardComponent):
     `<answer>` tag, else the last `\\boxed{}`.
     Source: METHODS.md §1. Papers score 1/0, or 1/−0.5 (the Laser code).
     """
+
+    summary: ClassVar[str] = (
+        '`correct_score` if the answer is right, else `wrong_score`; checked by the task or re-checked'
+    )
+    source: ClassVar[str] = 'METHODS.md §1'
 
     correct_score: float = 1.0
     """Reward of a correct completion."""
@@ -37,6 +43,3 @@ class Correctness(RewardComponent):
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         return torch.where(self.verdicts(batch), self.correct_score, self.wrong_score).float()
-
-
-COMPONENTS = {"correctness": Correctness}

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 
 
 def empty_question_prompt(prompt: Any, empty_prompt: str = "") -> Any:
@@ -21,6 +21,7 @@ def empty_question_prompt(prompt: Any, empty_prompt: str = "") -> Any:
     return [{**m, "content": ""} if m.get("role") == "user" else dict(m) for m in prompt]
 
 
+@REWARDS.register("sar")
 class SelfAlignedReward(RewardComponent):
     """Self-Aligned Reward (SAR): how much better the policy predicts its answer once it sees the question.
 
@@ -42,6 +43,12 @@ class SelfAlignedReward(RewardComponent):
     completion_ids carry no EOS; the verl response mask includes it); (3) an empty completion gets R_SA = 0
     (the code divides by a zero length), and R_SA = 0 when both perplexities are infinite.
     """
+
+    summary: ClassVar[str] = (
+        'r = c + α·clip((ppl(a) − ppl(a|q))/ppl(a), −1, 1) under the current policy, ppl(a) with the '
+        'question emptied (one extra forward pass)'
+    )
+    source: ClassVar[str] = 'Self-Aligned Reward, arXiv 2509.05489'
 
     alpha: float = 0.2
     """Weight α of R_SA inside this reward (the paper's and code's 0.2)."""
@@ -130,6 +137,7 @@ def find_tag_span(ids: list[int], text: str, tag: str, tag_token_id: int | None,
     return lo, e
 
 
+@REWARDS.register("pear")
 class PhaseEntropy(RewardComponent):
     """PEAR, phase-entropy-aware reward: low entropy while thinking, exploration allowed in the answer.
 
@@ -144,6 +152,12 @@ class PhaseEntropy(RewardComponent):
     this follows METHODS.md). The tag is located in token ids by `think_end_token_id`, else with a tokenizer read
     from `batch.tokenizer` or `batch.context.tokenizer` (see `find_tag_span`).
     """
+
+    summary: ClassVar[str] = (
+        'r = min(1, 1 − max(0, H̄_think − α·H̄_answer)) if correct, else `wrong_score`; entropies of the '
+        'sampling policy split at `</think>`'
+    )
+    source: ClassVar[str] = 'PEAR (METHODS.md §3)'
 
     needs_entropies: ClassVar[bool] = True
 
@@ -161,7 +175,7 @@ class PhaseEntropy(RewardComponent):
             raise ValueError("pear needs per-token sampling entropies (batch.token_entropies is None); the loop "
                              "records them when a component sets needs_entropies")
         ent = batch.token_entropies.detach().double().cpu()  # [N, T]
-        tokenizer = getattr(batch, "tokenizer", None) or getattr(batch.context, "tokenizer", None)
+        tokenizer = batch.tokenizer or (batch.context.tokenizer if batch.context is not None else None)
         out = torch.empty(len(batch.completion_ids), dtype=torch.float64)
         for i, ids in enumerate(batch.completion_ids):
             if batch.correct[i] <= 0:
@@ -181,6 +195,7 @@ class PhaseEntropy(RewardComponent):
         return out.float()
 
 
+@REWARDS.register("repetition")
 class RepetitionPenalty(RewardComponent):
     """N-gram repetition penalty: r = p·(1 − #unique n-grams / #n-grams), p = max_penalty ≤ 0.
 
@@ -190,6 +205,9 @@ class RepetitionPenalty(RewardComponent):
     words`) and in TRL (trl/rewards/other_rewards.py `get_repetition_penalty_reward`, which in its current
     version counts token ids: `unit: tokens`). METHODS.md §3.
     """
+
+    summary: ClassVar[str] = 'r = p·(1 − unique n-grams / total n-grams); 0 when shorter than n'
+    source: ClassVar[str] = 'arXiv 2502.03373; open-r1 / TRL'
 
     ngram_size: int = Field(default=3, gt=0)
     """n, the n-gram size."""
@@ -214,12 +232,16 @@ class RepetitionPenalty(RewardComponent):
         return torch.tensor([self.penalty(s) for s in seqs], dtype=torch.float)
 
 
+@REWARDS.register("cost")
 class CostPenalty(RewardComponent):
     """A negative reward proportional to a cost: r = −rate·L (L in tokens), or −rate·meta[cost_key].
 
     Source: Router-R1 (arXiv 2506.09033), cost reward (METHODS.md §3, [abs]). With `cost_key` set, every problem
     must carry a numeric meta column of that name (e.g. the price of the model a router called).
     """
+
+    summary: ClassVar[str] = 'r = −rate·L, or −rate·(a numeric data column)'
+    source: ClassVar[str] = 'Router-R1, arXiv 2506.09033'
 
     rate: float = Field(default=0.001, ge=0.0)
     """Cost per token (or per unit of the meta column)."""
@@ -239,6 +261,3 @@ class CostPenalty(RewardComponent):
             except (TypeError, ValueError):
                 raise ValueError(f"cost: sample {i} (problem {p.id!r}) has a non-numeric {self.cost_key!r}: {value!r}") from None
         return -self.rate * torch.tensor(costs, dtype=torch.float)
-
-
-COMPONENTS = {"sar": SelfAlignedReward, "pear": PhaseEntropy, "repetition": RepetitionPenalty, "cost": CostPenalty}

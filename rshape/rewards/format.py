@@ -8,22 +8,29 @@ trains without ground-truth answers — the "Format-Only" setting of Surrogate S
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent, compiled_regex
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
 
 THINK_ANSWER = r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
 
 
+@REWARDS.register("format")
 class Format(RewardComponent):
     """r_i = 1 if the completion matches `pattern` as a whole (re.DOTALL), else 0.
 
     Default structure: `<think>…</think><answer>…</answer>` and nothing after it (METHODS.md §1).
     Label-free: reads only the completion text.
     """
+
+    summary: ClassVar[str] = (
+        '1 if the whole completion matches `pattern` (`<think>…</think><answer>…</answer>`), else 0; '
+        'label-free'
+    )
+    source: ClassVar[str] = 'METHODS.md §1'
 
     pattern: str = THINK_ANSWER
     """Regular expression the whole completion must match."""
@@ -38,6 +45,7 @@ class Format(RewardComponent):
 OPEN_R1_TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
 
 
+@REWARDS.register("tag_count")
 class TagCount(RewardComponent):
     """Partial format credit: r_i = Σ_tags per_tag·1[the tag string occurs exactly once in the completion].
 
@@ -46,6 +54,9 @@ class TagCount(RewardComponent):
     newlines are part of the tags there. `tags` and `per_tag` are configurable (per_tag None = 1/len(tags),
     so a full match scores 1). Label-free. Source: METHODS.md §1.
     """
+
+    summary: ClassVar[str] = 'Σ per_tag·1[tag occurs exactly once]; label-free'
+    source: ClassVar[str] = 'open-r1 `tag_count_reward`'
 
     tags: tuple[str, ...] = OPEN_R1_TAGS
     """Strings that must each occur exactly once (open-r1: the four tags with their newlines)."""
@@ -63,6 +74,3 @@ class TagCount(RewardComponent):
         each = self.per_tag if self.per_tag is not None else 1.0 / len(self.tags)
         return torch.tensor([each * sum(1 for t in self.tags if c.count(t) == 1) for c in batch.completions],
                             dtype=torch.float)
-
-
-COMPONENTS = {"format": Format, "tag_count": TagCount}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, PrivateAttr
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 
 
 def hapo_length_term(length: float, h: float | None, correct: bool, shape: str = "cosine",
@@ -38,6 +38,7 @@ def hapo_length_term(length: float, h: float | None, correct: bool, shape: str =
     return max(-1.0, -((length - edge) / h))
 
 
+@REWARDS.register("hapo")
 class Hapo(RewardComponent):
     """HAPO: r = c + w·r_len, with r_len measured against h, the shortest correct length seen so far for the prompt.
 
@@ -54,6 +55,12 @@ class Hapo(RewardComponent):
     Optimization" (arXiv 2505.11225), compared against HCY123902/HAPO `utils.py` and `grpo_trainer.py`
     (METHODS.md §2). State: {prompt id: h} (and counts in mean mode), checkpointed.
     """
+
+    summary: ClassVar[str] = (
+        'h = shortest correct length seen for the prompt so far (checkpointed); s = cos(π/2·L/h), −1 '
+        'from 2h; r = c + w·(max(s, −0.7) if correct, min(s, 0) if wrong); 0 without history'
+    )
+    source: ClassVar[str] = 'HAPO, arXiv 2505.11225'
 
     weight: float = Field(1.0, ge=0.0, le=1.0)
     """w: weight of the length term (HAPO: w_lr = 1.0)."""
@@ -111,6 +118,3 @@ class Hapo(RewardComponent):
                     self._history[pid] = ratio * mean + (1 - ratio) * self._history[pid]
                 self._counts[pid] = count + len(lens)
         return torch.tensor(out, dtype=torch.float)
-
-
-COMPONENTS = {"hapo": Hapo}

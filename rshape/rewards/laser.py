@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, PrivateAttr
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.tasks.verifiers import extract_answer
 
 Variant = Literal["step", "penalty", "hybrid"]
@@ -182,6 +182,7 @@ def _length_term(variant: str, alpha: float, correct: torch.Tensor, within: torc
     return torch.where(correct, torch.where(within, alpha, -alpha), zero)
 
 
+@REWARDS.register("laser")
 class Laser(_LaserBase):
     """LASER: r = C + α·c·1[L ≤ L_T] (variant `step`), C = 1 if correct else −0.5, α = 0.5.
 
@@ -191,6 +192,11 @@ class Laser(_LaserBase):
     `budget` schedule (batch.schedule["budget"]) when it is None.
     Source: arXiv 2505.15612, hkust-nlp/Laser `compute_length_reward_larse` (METHODS.md §2).
     """
+
+    summary: ClassVar[str] = (
+        'r = C + α·c·1[L ≤ L_T], C = 1 / −0.5; `penalty`: −α if correct and L > L_T; `hybrid`: both'
+    )
+    source: ClassVar[str] = 'LASER, arXiv 2505.15612'
 
     target_length: int | None = Field(None, gt=0)
     """Target length L_T in tokens; None: batch.schedule["budget"]."""
@@ -281,6 +287,7 @@ class _DifficultyLaser(_LaserBase):
         return torch.tensor(out)
 
 
+@REWARDS.register("laser_d")
 class LaserD(_DifficultyLaser):
     """LASER-D: r = C + α·c·1[L ≤ L_T(bucket)], with a target per difficulty bucket, re-chosen every 20 steps.
 
@@ -297,6 +304,12 @@ class LaserD(_DifficultyLaser):
     the scoring buckets (≤ 1/3 vs < 1/3). State: targets and last refresh step (checkpointed).
     """
 
+    summary: ClassVar[str] = (
+        'LASER with one L_T per accuracy bucket (easy ≥ 2/3, medium ≥ 1/3, hard), re-chosen every 20 '
+        'steps on monitor samples as the smallest grid length keeping ⌊2G/3⌋ / ⌊G/3⌋ / 1 correct'
+    )
+    source: ClassVar[str] = 'LASER-D, arXiv 2505.15612'
+
     variant: Variant = "step"
     """`step` (+α within L_T), `penalty` (−α beyond L_T) or `hybrid` (both), for correct answers."""
 
@@ -307,6 +320,7 @@ class LaserD(_DifficultyLaser):
         return c + _length_term(self.variant, float(self.alpha), correct, within)
 
 
+@REWARDS.register("laser_de")
 class LaserDE(_DifficultyLaser):
     """LASER-DE: LASER-D plus exploration: +α for a wrong answer longer than its L_T that is not repetitive.
 
@@ -318,6 +332,9 @@ class LaserDE(_DifficultyLaser):
     refreshes as in `laser_d` (the code's DE always uses the `step` variant).
     Source: arXiv 2505.15612, hkust-nlp/Laser length_penalty.py and compute_unique_tokens.py (METHODS.md §2).
     """
+
+    summary: ClassVar[str] = '`laser_d` + α for a wrong, parsed, non-repetitive answer longer than L_T (exploration)'
+    source: ClassVar[str] = 'LASER-DE, arXiv 2505.15612'
 
     repetition_ngram: int = Field(4, ge=1)
     """n of the repetition test before its length-based adjustment (Laser: 4)."""
@@ -335,6 +352,3 @@ class LaserDE(_DifficultyLaser):
             if not is_repetitive(ids, self.repetition_ngram):
                 bonus[i] = alpha
         return c + bonus
-
-
-COMPONENTS = {"laser": Laser, "laser_d": LaserD, "laser_de": LaserDE}

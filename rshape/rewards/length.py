@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.rewards.combine import apply_multiplier  # noqa: F401  (documented here)
 
 
+@REWARDS.register("kimi_length")
 class KimiLength(RewardComponent):
     """Kimi k1.5 length reward, per group and in tokens.
 
@@ -20,6 +21,12 @@ class KimiLength(RewardComponent):
     Source: Kimi k1.5 (arXiv 2501.12599) §2.3.3, as coded in Laser and open-r1 (METHODS.md §2);
     unlike open-r1 the min/max are per prompt group, not over the flat batch, and lengths are tokens.
     """
+
+    summary: ClassVar[str] = (
+        'per group: λ = 0.5 − (L − L_min)/(L_max − L_min); λ if correct, min(0, λ) if wrong; 0 if all '
+        'lengths are equal'
+    )
+    source: ClassVar[str] = 'Kimi k1.5, arXiv 2501.12599'
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         lengths = batch.grouped(batch.lengths.float())  # [B, G]
@@ -69,6 +76,7 @@ def _self_normalized(lengths: torch.Tensor, correct: torch.Tensor, alpha: float,
 # Length shaping that includes the correctness score (meant to replace `correctness`, not to be added to it).
 
 
+@REWARDS.register("cosine")
 class CosineLength(RewardComponent):
     """Cosine length scaling (Demystifying Long CoT, arXiv 2502.03373): correctness and length in one reward.
 
@@ -84,6 +92,11 @@ class CosineLength(RewardComponent):
     L_max), and the authors' `exceed_length` value for completions that hit the limit is the optional
     `exceed_value` here, applied to truncated completions (off by default, like open-r1/TRL).
     """
+
+    summary: ClassVar[str] = (
+        'p = min(L/L_max, 1); r = v_lo + ½(v_hi − v_lo)(1 + cos πp): correct 1 → 0.5, wrong −1 → −0.5'
+    )
+    source: ClassVar[str] = 'Demystifying Long CoT, arXiv 2502.03373'
 
     min_value_wrong: float = -1.0
     """Reward of a wrong answer of length 0 (the most negative)."""
@@ -145,6 +158,7 @@ class _TargetLength(RewardComponent):
         return torch.tensor(out, dtype=torch.float64)
 
 
+@REWARDS.register("lcpo_exact")
 class LcpoExact(_TargetLength):
     """L1 / LCPO-Exact (Aggarwal & Welleck, arXiv 2503.04697): r = c − α·|n_t − L|, α = 0.0003.
 
@@ -155,6 +169,12 @@ class LcpoExact(_TargetLength):
     α = 1/3000. METHODS.md §2.
     """
 
+    summary: ClassVar[str] = (
+        'r = c − α·|n_t − L|, target from data (`target_length`), else the `budget` schedule, else '
+        '`target`'
+    )
+    source: ClassVar[str] = 'L1, arXiv 2503.04697'
+
     alpha: float = Field(0.0003, ge=0)
     """Penalty per token of distance to the target."""
 
@@ -164,6 +184,7 @@ class LcpoExact(_TargetLength):
         return (c - self.alpha * (n_t - batch.lengths.double()).abs()).float()
 
 
+@REWARDS.register("lcpo_max")
 class LcpoMax(_TargetLength):
     """L1 / LCPO-Max (arXiv 2503.04697): r = c·clip(α(n_t − L) + δ, 0, 1), α = 0.0003, δ = 0.5 (the paper).
 
@@ -173,6 +194,9 @@ class LcpoMax(_TargetLength):
     computes (clip(a·(n_t − L), −1, 1) + 1)/2 with a = 1/500, i.e. slope a/2 = 0.001 and δ = 0.5
     (set alpha=0.001 to reproduce it). METHODS.md §2.
     """
+
+    summary: ClassVar[str] = "r = c·clip(α(n_t − L) + δ, 0, 1) (paper's slope; the code uses α/2)"
+    source: ClassVar[str] = 'L1, arXiv 2503.04697'
 
     alpha: float = Field(0.0003, ge=0)
     """Slope of the length term per token."""
@@ -186,6 +210,7 @@ class LcpoMax(_TargetLength):
         return (c * term).float()
 
 
+@REWARDS.register("shorter_better")
 class ShorterBetter(RewardComponent):
     """ShorterBetter (Yi et al., arXiv 2504.21370): r = α·c − β·|L − SOL|, α = 2.0, β = 0.001.
 
@@ -194,6 +219,9 @@ class ShorterBetter(RewardComponent):
     JingyangYi/ShorterBetter `verl/verl/workers/reward_manager/naive.py` (`sb_compute_score`,
     `check_correctness_and_length`). METHODS.md §2.
     """
+
+    summary: ClassVar[str] = 'SOL = shortest correct length in the group (mean if none); r = α·c − β·|L − SOL|'
+    source: ClassVar[str] = 'ShorterBetter, arXiv 2504.21370'
 
     alpha: float = Field(2.0, ge=0)
     """Reward of a correct answer."""
@@ -209,6 +237,7 @@ class ShorterBetter(RewardComponent):
         return r.reshape(-1).float()
 
 
+@REWARDS.register("self_normalized")
 class SelfNormalizedLength(RewardComponent):
     """Self-normalised length penalty (Arora & Zanette, "Training Language Models to Reason Efficiently",
     arXiv 2502.04463): correct r = 1 − α·σ((L − μ)/(s + ε)), wrong r = wrong_score (0), α = 0.4.
@@ -221,6 +250,9 @@ class SelfNormalizedLength(RewardComponent):
     s = 1 — so z = L and the lone correct answer gets ≈ 1 − α (kept here to agree with the code).
     All correct lengths equal: z = 0, r = 1 − α/2. METHODS.md §2.
     """
+
+    summary: ClassVar[str] = "correct: 1 − α·σ((L − μ)/s) over the group's correct lengths; wrong: `wrong_score`"
+    source: ClassVar[str] = 'Arora & Zanette, arXiv 2502.04463'
 
     alpha: float = Field(0.4, ge=0, le=1)
     """Strength of the penalty (a correct answer scores in [1 − α, 1])."""
@@ -237,6 +269,7 @@ class SelfNormalizedLength(RewardComponent):
         return r.reshape(-1).float()
 
 
+@REWARDS.register("grpo_lambda")
 class GrpoLambda(RewardComponent):
     """GRPO-λ (Dai et al., "Stable Reinforcement Learning for Efficient Reasoning", arXiv 2505.18086).
 
@@ -250,6 +283,9 @@ class GrpoLambda(RewardComponent):
     reimplementation [3p]; the rounding of λ·B is this implementation's choice. By design the value of a
     group depends on the other groups of the batch. METHODS.md §2.
     """
+
+    summary: ClassVar[str] = 'the top ⌈λ·B⌉ groups by pass rate get `self_normalized`, the others plain c'
+    source: ClassVar[str] = 'GRPO-λ, arXiv 2505.18086'
 
     top_fraction: float = Field(0.2, gt=0, le=1)
     """λ: the fraction of the batch's groups (by correctness ratio) that get the length penalty."""
@@ -276,6 +312,7 @@ class GrpoLambda(RewardComponent):
 # Penalties added to the task reward.
 
 
+@REWARDS.register("dapo_overlong")
 class DapoOverlong(RewardComponent):
     """DAPO soft overlong punishment (arXiv 2503.14476, Eq. 13): an added penalty near the generation limit.
 
@@ -287,6 +324,9 @@ class DapoOverlong(RewardComponent):
     so it stays tied to the real limit; cache_len defaults to max_len // 4 (DAPO used 4096 of 20480, 1/5;
     TRL and OpenRLHF have no default). Lengths exclude EOS. METHODS.md §2.
     """
+
+    summary: ClassVar[str] = '0 up to L_max − L_c, then −(L − (L_max − L_c))/L_c down to −1 at L_max'
+    source: ClassVar[str] = 'DAPO, arXiv 2503.14476'
 
     max_len: float | None = Field(None, gt=0)
     """L_max in tokens; None = the generation limit (batch.max_new_tokens)."""
@@ -304,6 +344,7 @@ class DapoOverlong(RewardComponent):
         return (-self.penalty_factor * over.clamp(0.0, 1.0)).float()
 
 
+@REWARDS.register("tlts_length")
 class TltsLength(RewardComponent):
     """Train Long, Think Short (arXiv 2508.08940): a triangular length reward around the current budget L = B(t).
 
@@ -315,6 +356,12 @@ class TltsLength(RewardComponent):
     From the paper's text: the authors point to github.com/hammoudhasan/curriculum_grpo, which was not
     available to compare against. METHODS.md §2.
     """
+
+    summary: ClassVar[str] = (
+        'triangle around L = budget: ℓ/L up to L, 1 − (ℓ − L)/L up to 2L, 0 beyond; `band` is flat up to '
+        'L'
+    )
+    source: ClassVar[str] = 'Train Long, Think Short, arXiv 2508.08940'
 
     budget: float | None = Field(None, gt=0)
     """The budget L in tokens when batch.schedule has none; None = require the schedule."""
@@ -342,6 +389,7 @@ class TltsLength(RewardComponent):
 # Multiplicative penalties: the value multiplies the task reward (`combine: multiply`), see apply_multiplier.
 
 
+@REWARDS.register("truncation")
 class DlerTruncation(RewardComponent):
     """DLER truncation penalty (Liu et al., "DLER: Doing Length pEnalty Right", arXiv 2510.15110), as a multiplier.
 
@@ -358,6 +406,12 @@ class DlerTruncation(RewardComponent):
     gets easy_budget (the tighter one, 2000 in the paper) and the others hard_budget (4000); an unset one
     falls back to B. METHODS.md §2.
     """
+
+    summary: ClassVar[str] = (
+        'multiplier: 1 within budget B, 0 (`zero`) or `scale_factor` (`scale`) over it or truncated; '
+        'difficulty-aware budgets by group pass rate'
+    )
+    source: ClassVar[str] = 'DLER, arXiv 2510.15110'
 
     multiplicative: ClassVar[bool] = True
 
@@ -391,6 +445,7 @@ class DlerTruncation(RewardComponent):
         return torch.where(over, factor, 1.0).float()
 
 
+@REWARDS.register("stop_properly")
 class StopProperly(RewardComponent):
     """ProRL stop-properly penalty (Liu et al., "ProRL", arXiv 2505.24864), as a multiplier or an override.
 
@@ -402,6 +457,9 @@ class StopProperly(RewardComponent):
     finish_reason == "length"). METHODS.md §2.
     """
 
+    summary: ClassVar[str] = 'truncated: r ← r·c for c ≥ 0, r ← c for c < 0'
+    source: ClassVar[str] = 'ProRL, arXiv 2505.24864'
+
     multiplicative: ClassVar[bool] = True
 
     coef: float = Field(0.0, le=1)
@@ -409,18 +467,3 @@ class StopProperly(RewardComponent):
 
     def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
         return torch.where(batch.truncated.bool(), self.coef, 1.0).float()
-
-
-COMPONENTS = {
-    "kimi_length": KimiLength,
-    "cosine": CosineLength,
-    "dapo_overlong": DapoOverlong,
-    "truncation": DlerTruncation,
-    "stop_properly": StopProperly,
-    "lcpo_exact": LcpoExact,
-    "lcpo_max": LcpoMax,
-    "shorter_better": ShorterBetter,
-    "self_normalized": SelfNormalizedLength,
-    "grpo_lambda": GrpoLambda,
-    "tlts_length": TltsLength,
-}

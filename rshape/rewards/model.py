@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, PrivateAttr, model_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.registry import load_dotted
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.tasks.base import Problem
 
 
+@REWARDS.register("rm")
 class RewardModelReward(RewardComponent):
     """A trained reward model's score of (prompt, completion), optionally transformed.
 
@@ -43,6 +45,13 @@ class RewardModelReward(RewardComponent):
     tiny world), else `reference_template` formatted with {answer} and {prompt} (the gold answer by default).
     METHODS.md §4 (RM rewards and transforms) and §7 (the RMs).
     """
+
+    summary: ClassVar[str] = (
+        'trained reward model score of (prompt, completion); transform raw / par: mean_m σ(k(r − '
+        'r_ref,m)) / lsc: log σ(r − r_ref,85%) / clip / zscore; ensembles by mean, min or mean − k·std, '
+        'member disagreement logged'
+    )
+    source: ClassVar[str] = 'PAR (PorUna-byte/PAR); METHODS.md §4, §7'
 
     path: str | None = None
     """Directory written by `rshape train-rm` (its model/): one RM, or an ensemble (ensemble.json)."""
@@ -159,8 +168,6 @@ class RewardModelReward(RewardComponent):
     def references(self, problem: Problem) -> list[str]:
         refs = problem.meta.get(self.reference_key) if problem.meta else None
         if refs is None and self.reference_fn:
-            from rshape.registry import load_dotted
-
             refs = load_dotted(self.reference_fn)(problem)
         if refs is None and self.reference_template is not None:
             prompt = problem.prompt if isinstance(problem.prompt, str) else problem.prompt[-1]["content"]
@@ -249,6 +256,3 @@ class RewardModelReward(RewardComponent):
         s["mean"] += delta * n_b / total
         s["m2"] += var_b * n_b + delta * delta * n * n_b / total
         s["count"] = total
-
-
-COMPONENTS = {"rm": RewardModelReward}

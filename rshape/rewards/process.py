@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent, compiled_regex
+from rshape.registry import load_dotted
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
+from rshape.rewards.model import RewardModelReward
 from rshape.tasks.base import Problem
 
 COLUMN_STEP = re.compile(r"^\s*(\d+)\+(\d+)\+(\d+)=(\d+)\s*$")
@@ -51,6 +53,7 @@ def refine_step_rewards(scores: list[float], refine: str, eta: float = 1.0) -> l
     raise ValueError(f"unknown refine {refine!r}; valid: none, clip, delta")
 
 
+@REWARDS.register("process")
 class ProcessReward(RewardComponent):
     """Process reward with Clip / Delta refinement (Gao et al., "On Designing Effective RL Reward at Training
     Time for LLM Reasoning", arXiv 2410.15115; METHODS.md §4, abstract only — no public code, so the split into
@@ -71,6 +74,21 @@ class ProcessReward(RewardComponent):
     credit assignment of the paper's PPO setting (where Delta gives each step the return r_t − r_K) is not
     implemented.
     """
+
+    summary: ClassVar[str] = (
+        'Σ over reasoning steps of refined step scores: steps = the `<think>` block split at newlines; '
+        'r_k = score of the prefix up to step k from `scorer`; `none`: Σ r_k (pays for repeated good '
+        'steps), `clip`: Σ min(r_k − η, 0) ≤ 0, `delta`: Σ (r_k − r_{k+1}), last 0, = r_1 − r_K; no '
+        'steps → 0. With `combine: add` it enters the sequence reward; with `combine: per_step` each '
+        'token gets the return of the steps from there on (`step_normalize` none, or group: '
+        "DeepSeekMath's (r − mean)/std over the group's steps)"
+    )
+    source: ClassVar[str] = (
+        'Clip / Delta: Gao et al., arXiv 2410.15115; METHODS.md §4; process supervision: arXiv '
+        '2402.03300'
+    )
+
+    has_step_rewards: ClassVar[bool] = True
 
     scorer: str = "addition_steps"
     """`addition_steps`, `rm`, or `package.module:function(prompt, steps, problem) -> list[float | None]`."""
@@ -135,14 +153,10 @@ class ProcessReward(RewardComponent):
         if self.scorer == "rm":
             return self._rm_scores
         if "fn" not in self._cache:
-            from rshape.registry import load_dotted
-
             self._cache["fn"] = load_dotted(self.scorer)
         return self._cache["fn"]
 
     def _rm_scores(self, prompt: Any, steps: list[str], problem: Problem | None = None) -> list[float]:
-        from rshape.rewards.model import RewardModelReward
-
         if "rm" not in self._cache:
             self._cache["rm"] = RewardModelReward(path=self.rm_path, batch_size=self.rm_batch_size)
         prefixes = ["\n".join(steps[: k + 1]) for k in range(len(steps))]
@@ -177,6 +191,9 @@ class ProcessReward(RewardComponent):
         return torch.tensor([sum(refine_step_rewards([r for _, r in steps], self.refine, self.eta))
                              for steps in self._batch_steps(batch)], dtype=torch.float32)
 
+    def step_normalization(self) -> str:
+        return self.step_normalize
+
     def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[list[tuple[int, float]]]:
         """For `combine: per_step`: (index of the step's last token, refined reward r̃_k) per completion."""
         out = []
@@ -199,6 +216,3 @@ def token_index_of_char(ids: list[int], tokenizer: Any, char_end: int) -> int:
         else:
             lo = mid + 1
     return lo
-
-
-COMPONENTS = {"process": ProcessReward}

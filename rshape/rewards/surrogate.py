@@ -10,12 +10,12 @@ answer_format_reward_func, soft_format_reward_func_v2) and `rl/verl/lib/src/eval
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import RewardBatch, RewardComponent, compiled_regex
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
 
 _ANSWER_GREEDY = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
 _PARENS = re.compile(r"\\\((.*?)\\\)", re.DOTALL)
@@ -84,6 +84,7 @@ def surrogate_length(length: float, max_length: float, peak: float = 0.5) -> flo
     return 1.0 - 2.0 * ((x - peak) / (1.0 - peak)) ** 2
 
 
+@REWARDS.register("format_length")
 class FormatLength(RewardComponent):
     """Format-Length surrogate reward, label-free (never reads batch.correct or a gold answer).
 
@@ -95,6 +96,12 @@ class FormatLength(RewardComponent):
     (its generation limit), here None → batch.max_new_tokens. Lengths beyond L_max continue the parabola
     below −1, as in the code. Source: arXiv 2505.19439, insightLLM/rl-without-gt (METHODS.md §1).
     """
+
+    summary: ClassVar[str] = (
+        'label-free: 0.5·(think + answer format) + R_l if an answer parses, else min(0, R_l); R_l = 1 − '
+        '(1 − x/p)² for x ≤ p, 1 − 2((x − p)/(1 − p))² above, x = L/L_max'
+    )
+    source: ClassVar[str] = 'Surrogate Signals, arXiv 2505.19439'
 
     max_length: int | None = Field(None, gt=0)
     """L_max in tokens (code: 3072 = its generation limit); None: batch.max_new_tokens."""
@@ -125,6 +132,3 @@ class FormatLength(RewardComponent):
             else:
                 out.append(min(0.0, r_l))
         return torch.tensor(out, dtype=torch.float)
-
-
-COMPONENTS = {"format_length": FormatLength}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
 from rshape.tasks.base import extract_tagged_answer
 
 # mteval-v13a tokenisation (the default of sacrebleu and of Hugging Face `evaluate`'s bleu).
@@ -89,6 +89,7 @@ def scored_text(completion: str, extract: str) -> str | None:
     return extract_tagged_answer(completion)
 
 
+@REWARDS.register("reference_overlap")
 class ReferenceOverlap(RewardComponent):
     """BLEU (or n-gram F1) between the completion and reference answers, as the reward (BLEUBERI).
 
@@ -102,6 +103,11 @@ class ReferenceOverlap(RewardComponent):
     arXiv 2505.11080 (METHODS.md §3); compared against lilakk/BLEUBERI training/utils.py and
     huggingface/evaluate metrics/bleu/nmt_bleu.py + tokenizer_13a.py.
     """
+
+    summary: ClassVar[str] = (
+        "smoothed sentence BLEU (or n-gram F1) against the data's `references`, else the gold answer"
+    )
+    source: ClassVar[str] = 'BLEUBERI, arXiv 2505.11080'
 
     metric: Literal["bleu", "f1"] = "bleu"
     """`bleu`: smoothed sentence BLEU; `f1`: mean n-gram F1."""
@@ -170,6 +176,7 @@ CHECKERS: dict[str, tuple[Any, str]] = {
 }
 
 
+@REWARDS.register("rule_fraction")
 class RuleFraction(RewardComponent):
     """Fraction of a problem's listed constraints the completion satisfies: r = #satisfied / #constraints ∈ [0, 1].
 
@@ -183,6 +190,12 @@ class RuleFraction(RewardComponent):
     of satisfied rules, judged there by an LLM verifier; here every rule is a programmatic check (no judge model),
     with word counting as in IFEval (arXiv 2311.07911).
     """
+
+    summary: ClassVar[str] = (
+        "fraction of the data's `constraints` satisfied (max/min words or chars, contains, starts/ends "
+        'with, regex); none → not applicable'
+    )
+    source: ClassVar[str] = 'AutoRule, ACE-RL'
 
     constraints_key: str = Field(default="constraints", min_length=1)
     """problem.meta column holding the list of constraints."""
@@ -224,6 +237,3 @@ class RuleFraction(RewardComponent):
             text = completion if self.extract == "full" else extract_tagged_answer(completion)
             out.append(0.0 if text is None else sum(check(text) for check in checks) / len(checks))
         return torch.tensor(out, dtype=torch.float)
-
-
-COMPONENTS = {"reference_overlap": ReferenceOverlap, "rule_fraction": RuleFraction}

@@ -37,6 +37,16 @@ class AdvantageInputs:
         return x.float().view(-1, self.group_size)
 
 
+def estimator(name: str, summary: str, source: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Register an estimator under `name`, with the one-line `summary` and `source` of the README's table."""
+
+    def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        fn.summary, fn.source = summary, source  # type: ignore[attr-defined]
+        return ADVANTAGES.register(name)(fn)
+
+    return add
+
+
 def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """Problems with `algorithm.advantage_params` for estimator `fn`: unknown keys, non-numbers."""
     sig = inspect.signature(fn)
@@ -56,7 +66,9 @@ def estimator_needs(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> 
     return set(needs(**params)) if callable(needs) else set(needs)
 
 
-@ADVANTAGES.register("grpo")
+@estimator("grpo",
+           summary='A = (r − group mean)/(group std + `adv_eps`), unbiased std as in TRL/verl',
+           source='DeepSeekMath, arXiv 2402.03300')
 def grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     """GRPO: A_i = (r_i − mean_g) / (std_g + eps) over the G siblings.
 
@@ -129,7 +141,7 @@ def _whiten(a: torch.Tensor, w: torch.Tensor, var_eps: float, bessel: bool) -> t
     return (a - mean) * torch.rsqrt(var.clamp(min=var_eps))
 
 
-@ADVANTAGES.register("dr_grpo")
+@estimator("dr_grpo", summary='A = r − group mean (no std)', source='Dr. GRPO, arXiv 2503.20783')
 def dr_grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     """Dr. GRPO: A_i = r_i − mean_g (no division by the group std).
 
@@ -142,7 +154,7 @@ def dr_grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     return (r - r.mean(dim=1, keepdim=True)).reshape(-1).float()
 
 
-@ADVANTAGES.register("rloo")
+@estimator("rloo", summary='A = r − mean of the other siblings', source='RLOO, arXiv 2402.14740')
 def rloo_advantages(x: AdvantageInputs) -> torch.Tensor:
     """RLOO: A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g).
 
@@ -158,7 +170,9 @@ def rloo_advantages(x: AdvantageInputs) -> torch.Tensor:
     return (r - baseline).reshape(-1).float()
 
 
-@ADVANTAGES.register("reinforce_pp_baseline")
+@estimator("reinforce_pp_baseline",
+           summary='r − group mean, then whitened over the batch (token-weighted)',
+           source='REINFORCE++, arXiv 2501.03262 / OpenRLHF')
 def reinforce_pp_baseline_advantages(x: AdvantageInputs, *, weighting: str = "token", var_eps: float = 1e-8) -> torch.Tensor:
     """REINFORCE++-baseline: a_i = r_i − mean_g, then whitened over the whole batch,
     A_i = (a_i − μ)/σ with μ, σ² the mean and POPULATION variance of a over the batch and
@@ -181,7 +195,10 @@ def reinforce_pp_baseline_advantages(x: AdvantageInputs, *, weighting: str = "to
     return _whiten(a, w, _positive("var_eps", var_eps), bessel=False).float()
 
 
-@ADVANTAGES.register("batch_norm")
+@estimator("batch_norm",
+           summary="DLER: r − group mean, whitened over the batch as verl does, + `correct_boost` where reward ≥ "
+                   "threshold (DLER's script)",
+           source='DLER, arXiv 2510.15110')
 def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_eps: float = 1e-8,
                           correct_boost: float = 0.1, boost_threshold: float = 1.0) -> torch.Tensor:
     """DLER's batch-wise normalisation: a_i = r_i − mean_g, whitened over the batch as verl's
@@ -210,7 +227,10 @@ def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_e
     return adv.float()
 
 
-@ADVANTAGES.register("drpo")
+@estimator("drpo",
+           summary='A = G·∂J_q/∂s: length-weighted softmax over correct answers, −softmax(s/τ) over wrong ones; '
+                   'correct answers never negative',
+           source='DRPO (Optimization-AI/DRPO)')
 def drpo_advantages(x: AdvantageInputs, *, lam: float = 0.1, tau: float = 10.0) -> torch.Tensor:
     """DRPO as an advantage: A_i = G·∂J_q/∂s_i at the current policy, for the loop's `grpo` aggregation.
 
@@ -252,7 +272,9 @@ def drpo_advantages(x: AdvantageInputs, *, lam: float = 0.1, tau: float = 10.0) 
 drpo_advantages.needs = {"seq_logprobs"}
 
 
-@ADVANTAGES.register("canon")
+@estimator("canon",
+           summary="sort the group by length (or entropy); compare each half with the other half's mean reward",
+           source='CANON (biuboomc/CANON)')
 def canon_advantages(x: AdvantageInputs, *, metric: str = "length", alpha: float = 1.0, beta: float = 0.0, mu: float = 1.0,
                      l_max: float | str = 1.0) -> torch.Tensor:
     """CANON (conditional advantage): split each group at the median of a metric and compare the halves.
@@ -308,7 +330,7 @@ def canon_advantages(x: AdvantageInputs, *, metric: str = "length", alpha: float
 canon_advantages.needs = lambda metric="length", **_: {"seq_entropies"} if metric == "entropy" else set()
 
 
-@ADVANTAGES.register("pref_grpo")
+@estimator("pref_grpo", summary='pairwise win rate within the group (ties ½), GRPO-normalised, clamped', source='Pref-GRPO')
 def pref_grpo_advantages(x: AdvantageInputs, *, adv_clip_max: float = 5.0, decimals: int = 3) -> torch.Tensor:
     """Pref-GRPO: pairwise win rates in the group, then GRPO normalisation, clamped.
 
@@ -364,3 +386,46 @@ def process_token_advantages(step_rewards: list[list[tuple[int, float]]], group_
                     r = float((r - mean) / (std + eps)) if std > 0 else 0.0
                 out[i, min(max(end, 0), width - 1)] += r
     return out.flip(1).cumsum(1).flip(1).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# The routes that replace or add to the estimator: GDPO's normalise-then-sum and process-reward step returns
+
+
+def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
+    g = x.view(-1, group_size)
+    filled = torch.where(torch.isnan(g), torch.nanmean(g, dim=1, keepdim=True).nan_to_num(0.0), g)
+    std = filled.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(filled[:, :1])
+    centred = filled - filled.mean(dim=1, keepdim=True)
+    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred)).reshape(-1)
+
+
+def normalize_then_sum(raws: dict[str, torch.Tensor], added: dict[str, tuple[float, torch.Tensor]], group_size: int,
+                       eps: float = 1e-4) -> torch.Tensor:
+    """GDPO's advantage (`reward_combine: normalize_then_sum`), used instead of the estimator. → [N]
+
+        A = whiten_batch( Σ_k gate_k · w_k · (r_k − mean_g r_k)/(std_g r_k + ε) )
+
+    over the added components k (`added`: name → (weight, gate [N]) from `RewardSet.combine`); whitening uses the
+    batch mean and unbiased std (+ ε).
+    """
+    n = next(iter(raws.values())).numel()
+    normalized = torch.zeros(n)
+    for name, (w, gate) in added.items():
+        raw = raws[name]
+        normalized += torch.where(gate, w * group_normalize(raw, group_size, eps), torch.zeros_like(raw))
+    std = normalized.std() if n > 1 else torch.tensor(0.0)
+    return (normalized - normalized.mean()) / (std + eps)
+
+
+def step_advantages(parts: list[tuple[float, list[list[tuple[int, float]]], str]], group_size: int, width: int,
+                    eps: float = 1e-4) -> torch.Tensor | None:
+    """[N, width] token-level advantages of the `combine: per_step` components (`RewardSet.step_rewards`):
+    Σ weight × `process_token_advantages` of each; None without any."""
+    if not parts:
+        return None
+    out = torch.zeros(len(parts[0][1]), width)
+    for weight, steps, normalize in parts:
+        out += weight * process_token_advantages(steps, group_size, width, normalize, eps)
+    return out

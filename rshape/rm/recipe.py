@@ -16,10 +16,7 @@ from rshape.recipe import (
     RecipeError,
     RunSettings,
     Section,
-    _format_errors,
-    apply_override,
-    load_recipe_dict,
-    parse_override,
+    read_with_overrides,
 )
 
 BUILTIN_PREFERENCES = "builtin:tiny-preferences"
@@ -203,44 +200,28 @@ class RMRecipe(RunSettings):
         return self
 
 
-def _where(loc: tuple[str, ...], source: str, lines: dict[tuple[str, ...], int], overridden: set[tuple[str, ...]]) -> str:
-    if any(loc[: len(o)] == o for o in overridden):
-        return "command line"
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return f"{source}:{lines[loc[:n]]}"
-    return source
-
-
 def _is_local_source(value: str) -> bool:
     return not (value.startswith("builtin:") or value.startswith("hf:"))
 
 
 def load_rm_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RMRecipe:
     """Read, override and validate a train-rm recipe; raise RecipeError listing every problem at once."""
-    data, lines = load_recipe_dict(path)
-    overridden: set[tuple[str, ...]] = set()
-    for item in overrides:
-        keys, value = parse_override(item)
-        apply_override(data, keys, value)
-        overridden.add(tuple(keys))
+    data, source = read_with_overrides(path, overrides)
     try:
         recipe = RMRecipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, str(path), lines, overridden)) from None
+        raise RecipeError(source.validation_lines(exc)) from None
     errors = []
     for key in ("train", "eval"):
         value = getattr(recipe.data, key)
         if value is None:
             continue
         if value.startswith("builtin:") and value != BUILTIN_PREFERENCES:
-            errors.append(f"{_where(('data', key), str(path), lines, overridden)}: data.{key}: unknown built-in data "
-                          f"{value!r}; valid: {BUILTIN_PREFERENCES}")
+            errors.append(source.line(("data", key), f"unknown built-in data {value!r}; valid: {BUILTIN_PREFERENCES}"))
         elif _is_local_source(value) and not Path(value).exists():
-            errors.append(f"{_where(('data', key), str(path), lines, overridden)}: data.{key}: file not found: {value}")
+            errors.append(source.line(("data", key), f"file not found: {value}"))
     if recipe.data.eval == BUILTIN_PREFERENCES and recipe.data.train != BUILTIN_PREFERENCES:
-        errors.append(f"{_where(('data', 'eval'), str(path), lines, overridden)}: data.eval: the built-in held-out set "
-                      "only goes with the built-in training set")
+        errors.append(source.line(("data", "eval"), "the built-in held-out set only goes with the built-in training set"))
     if errors:
         raise RecipeError(errors)
     return recipe

@@ -24,8 +24,7 @@ import torch
 
 from rshape.models import resolve_device, resolve_dtype
 from rshape.recipe import recipe_to_yaml
-from rshape.rl.loop import lr_factor
-from rshape.rm.data import RMData, load_rm_data
+from rshape.rm.data import RMData, load_rm_data, read_pairs, read_scored, tiny_preferences
 from rshape.rm.evaluate import best_of_n, evaluate_pairs, evaluate_scored, pair_inputs, pairs_report
 from rshape.rm.losses import bradley_terry_loss, regression_loss
 from rshape.rm.modeling import (
@@ -35,16 +34,19 @@ from rshape.rm.modeling import (
     RewardModel,
     aggregate_members,
     encode,
+    ensemble_member_paths,
     export_rm,
     forward_scores,
+    is_ensemble_dir,
     load_for_training,
     load_reward_model,
     render_example,
     response_lengths,
     uses_pair_encoding,
 )
-from rshape.rm.recipe import RMRecipe
+from rshape.rm.recipe import BUILTIN_PREFERENCES, RMDataConfig, RMRecipe
 from rshape.runs import JsonlWriter, RunDirError, manifest, write_json
+from rshape.schedules import lr_factor
 
 
 def _scalar_metrics(m: dict[str, Any], prefix: str = "eval/") -> dict[str, Any]:
@@ -259,9 +261,6 @@ def eval_data_config(model_dir: str | Path) -> tuple[RMRecipe, int]:
     """The data section (keys, format, built-in parameters) and seed a model was trained with, from its rm_meta.json."""
     import json
 
-    from rshape.rm.modeling import ensemble_member_paths, is_ensemble_dir
-    from rshape.rm.recipe import RMDataConfig
-
     p = Path(model_dir)
     meta_path = (ensemble_member_paths(p)[0][0] if is_ensemble_dir(p) else p) / META_FILE
     meta = json.loads(meta_path.read_text())
@@ -275,9 +274,6 @@ def eval_data_config(model_dir: str | Path) -> tuple[RMRecipe, int]:
 
 def load_eval_examples(recipe: RMRecipe, seed: int, source: str | None = None) -> list:
     """The held-out set the model was trained with (`source` None), or the records of `source`."""
-    from rshape.rm.data import read_pairs, read_scored, tiny_preferences
-    from rshape.rm.recipe import BUILTIN_PREFERENCES
-
     cfg = recipe.data
     if source is None:
         return load_rm_data(cfg, recipe.model.num_attributes, seed).eval

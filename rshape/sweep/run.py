@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rshape.results import write_results
 from rshape.sweep.spec import LOG_FILE, STATE_FILE, Sweep, SweepError, SweepInterrupted, Trial, format_override
 from rshape.sweep.state import State, has_checkpoint, utc_now
 
@@ -253,8 +254,6 @@ def run_sweep(sweep: Sweep, max_parallel: int | None = None, backend: Literal["l
         if flag["signum"] is not None:
             raise SweepInterrupted(flag["signum"])
         if any(r["status"] == "done" for r in state.records.values()):
-            from rshape.results import write_results
-
             outcome.results = list(write_results(sweep.output_dir, rank_by=rank_by or sweep.spec.rank_by))
         return outcome
     finally:

@@ -305,51 +305,46 @@ def format_override(key: str, value: Any) -> str:
 
 
 def _spec_errors(spec: SweepSpec, source: str, lines: dict[tuple[str, ...], int]) -> list[str]:
-    from rshape.recipe import RecipeError, parse_override
+    from rshape.recipe import KeySource, RecipeError, parse_override
 
-    def where(*loc: str) -> str:
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in lines:
-                return f"{source}:{lines[loc[:n]]}"
-        return source
-
+    keys = KeySource(source, lines)
     errors = []
     sections = {"grid": spec.grid, "zip": spec.zip, "random": spec.random.axes if spec.random else {}}
     owner: dict[str, str] = {}
     for section, axes in sections.items():
-        loc0 = ("random", "axes") if section == "random" else (section,)
+        at = ("random", "axes") if section == "random" else (section,)
         for key, vals in axes.items():
+            loc, here = (section, key), (*at, key)
             if key in RESERVED_AXES:
-                errors.append(f"{where(*loc0, key)}: {section}.{key}: not an axis: {RESERVED_AXES[key]}")
+                errors.append(keys.line(loc, f"not an axis: {RESERVED_AXES[key]}", at=here))
             if any(not p for p in key.split(".")):
-                errors.append(f"{where(*loc0, key)}: {section}.{key}: empty part in the dotted key")
+                errors.append(keys.line(loc, "empty part in the dotted key", at=here))
             if key in owner:
-                errors.append(f"{where(*loc0, key)}: {section}.{key}: already an axis in {owner[key]}")
+                errors.append(keys.line(loc, f"already an axis in {owner[key]}", at=here))
             owner.setdefault(key, section)
             if section != "random" and len(vals) == 0:
-                errors.append(f"{where(*loc0, key)}: {section}.{key}: needs at least one value")
+                errors.append(keys.line(loc, "needs at least one value", at=here))
     lengths = {k: len(v) for k, v in spec.zip.items()}
     if len(set(lengths.values())) > 1:
         first = next(iter(lengths))
         for key, n in lengths.items():
             if n != lengths[first]:
-                errors.append(f"{where('zip', key)}: zip.{key}: {n} values but zip.{first} has {lengths[first]}; "
-                              "zip axes are paired and need equal lengths")
+                errors.append(keys.line(("zip", key), f"{n} values but zip.{first} has {lengths[first]}; "
+                                        "zip axes are paired and need equal lengths"))
     for i, item in enumerate(spec.overrides):
         try:
-            keys, _ = parse_override(item)
+            parsed, _ = parse_override(item)
         except RecipeError as exc:
-            errors += [f"{where('overrides', str(i))}: overrides.{i}: {m}" for m in exc.lines]
+            errors += [keys.line(("overrides", str(i)), m) for m in exc.lines]
             continue
-        if keys == ["output_dir"]:
-            errors.append(f"{where('overrides', str(i))}: overrides.{i}: output_dir is set by the sweep; "
-                          "use the sweep file's output_dir")
+        if parsed == ["output_dir"]:
+            errors.append(keys.line(("overrides", str(i)), "output_dir is set by the sweep; use the sweep file's output_dir"))
     from rshape.results import check_rank_by
 
     if (msg := check_rank_by(spec.rank_by)) is not None:
-        errors.append(f"{where('rank_by')}: rank_by: {msg}")
+        errors.append(keys.line(("rank_by",), msg))
     if spec.seeds is not None and (not spec.seeds or len(set(spec.seeds)) != len(spec.seeds)):
-        errors.append(f"{where('seeds')}: seeds: give a non-empty list of distinct seeds")
+        errors.append(keys.line(("seeds",), "give a non-empty list of distinct seeds"))
     return errors
 
 
@@ -362,7 +357,8 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     Mistakes in the sweep file raise SweepError (one line each, naming file, line and key); a trial
     whose recipe does not validate is returned with `error` set, so the others can still run.
     """
-    from rshape.recipe import RecipeError, _format_errors, _line_index, load_recipe, parse_override
+    from rshape.recipe import KeySource, RecipeError, line_index, parse_override
+    from rshape.validate import load_recipe
 
     p = Path(path)
     if not p.is_file():
@@ -375,11 +371,11 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
         raise SweepError(f"{p}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise SweepError(f"{p}: a sweep file is a mapping of keys, got {type(data).__name__}")
-    lines = _line_index(text)
+    lines = line_index(text)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise SweepError(_format_errors(exc, str(p), lines, set())) from None
+        raise SweepError(KeySource(str(p), lines).validation_lines(exc)) from None
     errors = _spec_errors(spec, str(p), lines)
     base = (p.parent / spec.base).resolve()
     if not base.is_file():

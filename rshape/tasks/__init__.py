@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rshape.tasks.arithmetic import addition_task
 from rshape.tasks.base import Problem, Task
+from rshape.tasks.verifiers import VERIFIERS
 
 
 class DataError(Exception):
@@ -49,12 +51,8 @@ def read_problems(path: str | Path, prompt_key: str, answer_key: str, difficulty
 def build_task(cfg: Any, seed: int = 0) -> Task:
     """The task a recipe's `task` section names."""
     if cfg.name == "addition":
-        from rshape.tasks.arithmetic import addition_task
-
         return addition_task(cfg.difficulties, cfg.train_per_difficulty, cfg.eval_per_difficulty, seed=seed,
                              eval_seed=cfg.eval_seed)
-    from rshape.tasks.verifiers import VERIFIERS
-
     train = read_problems(cfg.train_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key)
     if cfg.eval_file:
         evals = read_problems(cfg.eval_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key, cfg.eval_size)

@@ -1,0 +1,99 @@
+"""What every training command shares around its steps: the run directory, the task, the policy, the logs,
+held-out evaluation and checkpoints (`rl` in rshape.rl.loop, `sft` phases in rshape.phases)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rshape.evaluate import evaluate_recipe
+from rshape.models import Policy, load_policy, resolve_device, resolve_dtype
+from rshape.recipe import Recipe, recipe_to_yaml
+from rshape.runs import (
+    JsonlWriter,
+    manifest,
+    prepare_run_dir,
+    read_jsonl,
+    save_checkpoint,
+    trainable_state_dict,
+    truncate_jsonl_after_step,
+    write_json,
+)
+from rshape.tasks import build_task
+from rshape.tasks.base import Task
+
+
+@dataclass
+class RunSession:
+    """One run directory with its task, policy and logs."""
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    task: Task
+    policy: Policy
+    logs: dict[str, JsonlWriter]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.policy.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.policy.tokenizer
+
+    @classmethod
+    def open(cls, recipe: Recipe, resume: bool, keep_reference: bool = False) -> RunSession:
+        """Threads, device and dtype; the run directory (checked before anything loads); the seeded task; the
+        policy. Nothing is written to the run directory yet (see `start` / `resume_logs`)."""
+        if recipe.threads:
+            torch.set_num_threads(recipe.threads)
+        device = resolve_device(recipe.device)
+        dtype = resolve_dtype(recipe.dtype, device)
+        run_dir = prepare_run_dir(recipe.output_dir, resume)
+        torch.manual_seed(recipe.seed)
+        task = build_task(recipe.task, recipe.seed)
+        policy = load_policy(recipe.model, device, dtype, keep_reference=keep_reference)
+        return cls(recipe, run_dir, device, dtype, task, policy, {})
+
+    def start(self, manifest_extra: dict[str, Any], logs: tuple[str, ...]) -> None:
+        """A fresh run: write the resolved recipe and the manifest, open the logs."""
+        (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe))
+        write_json(self.run_dir / "manifest.json", manifest(self.recipe.seed, self.device, manifest_extra))
+        self.open_logs(logs)
+
+    def resume_logs(self, logs: dict[str, int]) -> None:
+        """A resumed run: drop each log's records after its step (name → step), then open the logs."""
+        for name, step in logs.items():
+            truncate_jsonl_after_step(self.run_dir / f"{name}.jsonl", step)
+        self.open_logs(tuple(logs))
+
+    def open_logs(self, logs: tuple[str, ...]) -> None:
+        self.logs = {name: JsonlWriter(self.run_dir / f"{name}.jsonl") for name in logs}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out evaluation (rshape.evaluate), logged to eval.jsonl; the model goes back to train mode."""
+        self.model.eval()
+        with torch.no_grad():
+            m = evaluate_recipe(self.model, self.tokenizer, self.task, self.recipe, self.device)
+        self.model.train()
+        self.logs["eval"].write({"step": step, **m})
+        return m
+
+    def checkpoint(self, step: int, **state: Any) -> None:
+        """Save the trainable weights with `state` (optimizer, scheduler, sampler, RNG...), in the order given."""
+        save_checkpoint(self.run_dir, step, self.model, {"step": step, "trainable": trainable_state_dict(self.model),
+                                                         **state}, tokenizer=self.tokenizer)
+
+    def finish(self, final_eval: dict[str, float], steps: int) -> dict[str, Any]:
+        """Close the logs and write summary.json (first and final evaluation)."""
+        for log in self.logs.values():
+            log.close()
+        summary = {"run_dir": str(self.run_dir), "first_eval": read_jsonl(self.run_dir / "eval.jsonl")[0],
+                   "final_eval": final_eval, "steps": steps}
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
