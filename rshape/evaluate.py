@@ -35,7 +35,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
         ro = rollout(model, tokenizer, problems, group_size=k, max_new_tokens=max_new_tokens, keys=keys,
                      temperature=temperature, top_p=top_p, system_prompt=task.system_prompt, device=device,
                      decoder=decoder)
-        for i, (text, n, trunc) in enumerate(zip(ro.texts, ro.lengths.tolist(), ro.truncated.tolist())):
+        for i, (text, n, trunc) in enumerate(zip(ro.completions, ro.lengths.tolist(), ro.truncated.tolist())):
             p = problems[i // k]
             records.append({"id": p.id, "difficulty": p.difficulty, "sample": i % k,
                             "correct": bool(task.verify(text, p)), "length": n, "truncated": trunc,

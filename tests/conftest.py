@@ -33,18 +33,18 @@ def random_model_dir(tmp_path_factory):
 def make_reward_batch(lengths, correct, group_size, completions=None, truncated=None, *, ids=None, prompts=None,
                       metas=None, answers=None, prompt_ids=None, entropies=None, context=None, step=0,
                       max_new_tokens=0, schedule=None):
-    """A RewardBatch of N = len(lengths) completions in groups of `group_size`, for reward tests.
+    """A Batch of N = len(lengths) completions in groups of `group_size`, for reward tests.
 
     Defaults: completion i is "x"·lengths[i] with token ids [5]·lengths[i], prompt "p", gold answer "1",
     problem id = its group index (or `prompt_ids`), empty metadata, not truncated."""
-    from rshape.rewards import RewardBatch
+    from rshape.batch import Batch
     from rshape.tasks.base import Problem
 
     n = len(lengths)
     metas = metas or [{} for _ in range(n)]
     answers = answers or ["1"] * n
     pids = prompt_ids or [str(i // group_size) for i in range(n)]
-    return RewardBatch(
+    return Batch(
         prompts=prompts or ["p"] * n,
         completions=completions if completions is not None else ["x" * L for L in lengths],
         completion_ids=ids if ids is not None else [[5] * L for L in lengths],

@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
+from conftest import make_reward_batch
 
 from rshape.rl.advantages import AdvantageInputs, grpo_advantages
 from rshape.rl.loss import clipped_policy_loss, gather_logprobs, k3_kl
 
 
 def inputs(r, g):
-    return AdvantageInputs(rewards=r, group_size=g, lengths=torch.ones(len(r), dtype=torch.long),
-                           correct=torch.zeros(len(r)), max_new_tokens=8, eps=1e-4)
+    return AdvantageInputs(rewards=r, batch=make_reward_batch([1] * len(r), [0] * len(r), g, max_new_tokens=8), eps=1e-4)
 
 
 def test_grpo_by_hand():

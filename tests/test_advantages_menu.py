@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from conftest import make_reward_batch
 
 from rshape.rl.advantages import (
     ADVANTAGES,
@@ -28,11 +29,10 @@ NAMES = ["dr_grpo", "rloo", "reinforce_pp_baseline", "batch_norm", "drpo", "cano
 def inputs(r, g, lengths=None, correct=None, max_new_tokens=10, logp=None, ent=None):
     r = torch.as_tensor(r, dtype=torch.float32)
     n = len(r)
+    lengths = torch.as_tensor(lengths if lengths is not None else [1] * n, dtype=torch.long).tolist()
+    correct = torch.as_tensor(correct if correct is not None else (r > 0.5).float().tolist(), dtype=torch.float32)
     return AdvantageInputs(
-        rewards=r, group_size=g,
-        lengths=torch.as_tensor(lengths if lengths is not None else [1] * n, dtype=torch.long),
-        correct=torch.as_tensor(correct if correct is not None else (r > 0.5).float().tolist(), dtype=torch.float32),
-        max_new_tokens=max_new_tokens,
+        rewards=r, batch=make_reward_batch(lengths, correct.tolist(), g, max_new_tokens=max_new_tokens),
         seq_logprobs=None if logp is None else torch.as_tensor(logp, dtype=torch.float32),
         seq_entropies=None if ent is None else torch.as_tensor(ent, dtype=torch.float32))
 

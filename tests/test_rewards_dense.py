@@ -256,7 +256,7 @@ def test_pear_all_wrong_all_correct_and_tokenizer_sources():
     b = pear_batch(rows, [1, 1], ent, context=SimpleNamespace(tokenizer=tok))  # the loop's context has .tokenizer
     assert PhaseEntropy()(b).tolist() == pytest.approx(want)
     b = pear_batch(rows, [1, 1], ent)
-    b.tokenizer = tok  # RewardBatch.tokenizer, for scoring outside the loop
+    b.tokenizer = tok  # Batch.tokenizer, for scoring outside the loop
     assert PhaseEntropy()(b).tolist() == pytest.approx(want)
     with pytest.raises(ValueError, match="set think_end_token_id"):
         PhaseEntropy()(pear_batch(rows, [1, 1], ent))

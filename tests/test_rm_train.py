@@ -8,9 +8,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from rshape.batch import Batch
 from rshape.cli import app
 from rshape.rewards import build_rewards
-from rshape.rewards.base import RewardBatch
 from rshape.rm.data import tiny_preferences
 from rshape.rm.evaluate import pair_inputs
 from rshape.rm.modeling import EnsembleRM, RewardModel, load_reward_model
@@ -53,7 +53,7 @@ def single(tmp_path_factory):
 
 def _reward_batch(problems, completions):
     n = len(completions)
-    return RewardBatch(prompts=[p.prompt for p in problems], completions=completions, completion_ids=[[0]] * n,
+    return Batch(prompts=[p.prompt for p in problems], completions=completions, completion_ids=[[0]] * n,
                        lengths=torch.ones(n, dtype=torch.long), truncated=torch.zeros(n, dtype=torch.bool),
                        correct=torch.ones(n), problems=problems, group_size=1)
 

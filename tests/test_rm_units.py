@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
+from rshape.batch import Batch
 from rshape.recipe import RecipeError
-from rshape.rewards.base import RewardBatch
 from rshape.rewards.model import RewardModelReward
 from rshape.rm.data import TINY_CATEGORIES, read_pairs, read_scored, tiny_preferences, tiny_reference
 from rshape.rm.losses import bradley_terry_loss, regression_loss
@@ -242,7 +242,7 @@ def _batch(completions, refs=None):
     problems = [Problem(id=f"p{i}", prompt=f"q{i}", answer="7", meta={} if refs is None else {"references": refs})
                 for i in range(len(completions))]
     n = len(completions)
-    return RewardBatch(prompts=[p.prompt for p in problems], completions=completions, completion_ids=[[0]] * n,
+    return Batch(prompts=[p.prompt for p in problems], completions=completions, completion_ids=[[0]] * n,
                        lengths=torch.ones(n, dtype=torch.long), truncated=torch.zeros(n, dtype=torch.bool),
                        correct=torch.ones(n), problems=problems, group_size=1)
 
@@ -274,7 +274,7 @@ def test_par_and_lsc_by_hand():
     assert fake.calls == calls + 1  # the completion only; the reference came from the cache
     fn = _component(FakeRM({"y": 2.0}), transform="par", reference_fn="rshape.rm.data:tiny_reference")
     add = make_problem(3, 4)
-    batch = RewardBatch(prompts=[add.prompt], completions=["y"], completion_ids=[[0]], lengths=torch.ones(1, dtype=torch.long),
+    batch = Batch(prompts=[add.prompt], completions=["y"], completion_ids=[[0]], lengths=torch.ones(1, dtype=torch.long),
                         truncated=torch.zeros(1, dtype=torch.bool), correct=torch.ones(1), problems=[add], group_size=1)
     assert fn.references(add) == tiny_reference(add)
     none = _component(FakeRM({"y": 2.0}), transform="par", reference_template=None)

@@ -88,29 +88,57 @@ def test_training_logprobs_match_generation_logits(model_and_tok):
     with torch.no_grad():
         lp, _ = token_logprobs(model, ro, temperature=1.0, chunk=3)
         # recompute step by step without cache for row 0
-        ids = torch.cat([ro.prompt_ids[:1], ro.completion_ids[:1]], 1)
-        mask = torch.cat([ro.prompt_mask[:1], ro.completion_mask[:1].long()], 1)
+        ids = torch.cat([ro.prompt_ids[:1], ro.token_ids[:1]], 1)
+        mask = torch.cat([ro.prompt_mask[:1], ro.token_mask[:1].long()], 1)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         P = ro.prompt_ids.shape[1]
         full = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[0], -1)
-    for t in range(int(ro.completion_mask[0].sum())):
-        want = full[P - 1 + t, ro.completion_ids[0, t]].item()
+    for t in range(int(ro.token_mask[0].sum())):
+        want = full[P - 1 + t, ro.token_ids[0, t]].item()
         assert lp[0, t].item() == pytest.approx(want, abs=1e-4)
-    assert math.isfinite(lp[ro.completion_mask].sum().item())
+    assert math.isfinite(lp[ro.token_mask].sum().item())
 
 
 def test_trimmed_drops_only_all_padding_columns():
-    from rshape.rl.rollout import Rollouts
+    from rshape.batch import Batch
 
-    ro = Rollouts(problems=[None, None], prompt_ids=torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]),
-                  prompt_mask=torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
-                  completion_ids=torch.tensor([[3, 1, 0, 0, 0], [4, 4, 1, 0, 0]]),
-                  completion_mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool),
-                  lengths=torch.tensor([1, 2]), truncated=torch.tensor([False, False]), texts=["", ""], group_size=2)
+    ro = Batch(prompts=["", ""], completions=["", ""], completion_ids=[[3], [4, 4]], lengths=torch.tensor([1, 2]),
+               truncated=torch.tensor([False, False]), correct=None, problems=[None, None], group_size=2,
+               prompt_ids=torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]), prompt_mask=torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+               token_ids=torch.tensor([[3, 1, 0, 0, 0], [4, 4, 1, 0, 0]]),
+               token_mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool))
     t = ro.trimmed()
     assert t.prompt_ids.tolist() == [[0, 5, 6], [7, 8, 9]] and t.prompt_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
-    assert t.completion_ids.tolist() == [[3, 1, 0], [4, 4, 1]] and t.completion_mask.shape == (2, 3)
+    assert t.token_ids.tolist() == [[3, 1, 0], [4, 4, 1]] and t.token_mask.shape == (2, 3)
+    assert t.completion_ids == [[3], [4, 4]]  # the reward view has no padding to trim
     assert t.trimmed() is t  # nothing left to drop
+
+
+def test_batch_select_and_concat():
+    """select keeps whole rows of every per-row field; concat re-pads prompts on the left and tokens on the right."""
+    from rshape.batch import Batch, grouped
+
+    def batch(pids, toks, group_size, P, T):
+        n = len(pids)
+        return Batch(prompts=[str(p) for p in pids], completions=[str(t) for t in toks], completion_ids=toks,
+                     lengths=torch.tensor([len(t) for t in toks]), truncated=torch.zeros(n, dtype=torch.bool),
+                     correct=torch.arange(n, dtype=torch.float), problems=[None] * n, group_size=group_size, step=7,
+                     prompt_ids=torch.tensor([[0] * (P - len(p)) + p for p in pids]),
+                     prompt_mask=torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in pids]),
+                     token_ids=torch.tensor([t + [0] * (T - len(t)) for t in toks]),
+                     token_mask=torch.tensor([[1] * len(t) + [0] * (T - len(t)) for t in toks], dtype=torch.bool))
+
+    a = batch([[5], [6, 7]], [[1], [2, 3]], 2, P=3, T=2)
+    b = batch([[9]], [[4]], 1, P=1, T=1)  # narrower prompt and token blocks
+    both = Batch.concat([a, b], pad_token_id=0)
+    assert both.prompts == ["[5]", "[6, 7]", "[9]"] and both.completion_ids == [[1], [2, 3], [4]]
+    assert both.prompt_ids.tolist() == [[0, 0, 5], [0, 6, 7], [0, 0, 9]]  # left-padded to the widest
+    assert both.token_ids.tolist() == [[1, 0], [2, 3], [4, 0]] and both.token_mask.tolist() == [
+        [True, False], [True, True], [True, False]]
+    assert both.correct.tolist() == [0.0, 1.0, 0.0] and both.step == 7 and both.group_size == 2
+    second = both.select(torch.tensor([1]))
+    assert second.completions == ["[2, 3]"] and second.token_ids.tolist() == [[2, 3]] and second.lengths.tolist() == [2]
+    assert grouped(torch.arange(6), 3).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_logprobs_do_not_depend_on_chunking_or_trimming(model_and_tok):
@@ -123,15 +151,15 @@ def test_logprobs_do_not_depend_on_chunking_or_trimming(model_and_tok):
     ro = rollout(model, tok, problems, group_size=2, max_new_tokens=12, keys=keys)
     eos = tok.eos_token_id
     cut = torch.tensor([2, 12, 5, 0, 9, 7])  # give the rows very different lengths: EOS at these positions
-    ids = ro.completion_ids.clone()
+    ids = ro.token_ids.clone()
     ids = torch.nn.functional.pad(ids, (0, 12 - ids.shape[1]), value=3)
     ids[ids == eos] = 3
     idx = torch.arange(12)[None]
     ids = torch.where(idx == cut[:, None], eos, torch.where(idx > cut[:, None], tok.pad_token_id, ids))
-    ro.completion_ids, ro.completion_mask = ids, idx <= cut[:, None]
+    ro.token_ids, ro.token_mask = ids, idx <= cut[:, None]
     with torch.no_grad():
-        want, _ = gather_logprobs(completion_logits(model, ro), ro.completion_ids)  # one untrimmed forward
+        want, _ = gather_logprobs(completion_logits(model, ro), ro.token_ids)  # one untrimmed forward
         for chunk in (1, 2, 4, 6):
             got, _ = token_logprobs(model, ro, chunk=chunk)
-            torch.testing.assert_close(got[ro.completion_mask], want[ro.completion_mask], atol=1e-5, rtol=1e-5)
-            assert (got[~ro.completion_mask] == 0).all()
+            torch.testing.assert_close(got[ro.token_mask], want[ro.token_mask], atol=1e-5, rtol=1e-5)
+            assert (got[~ro.token_mask] == 0).all()

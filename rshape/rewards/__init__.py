@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rshape.registry import UnknownName, load_dotted
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.rewards.combine import Constraint, RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
 from rshape.rewards.user import UserFunction, UserRewardError
 from rshape.schedules import SCHEDULE_KINDS, Schedule, is_schedule, parse_schedule
@@ -23,7 +23,7 @@ for _module in pkgutil.iter_modules(__path__):
 DEFAULT_TYPE = {"length": "kimi_length"}
 RESERVED_KEYS = ("type", "weight", "combine", "gate", "constraint")
 
-__all__ = ["REWARDS", "RewardBatch", "RewardComponent", "RewardConfigError", "RewardRuntimeError", "RewardScores",
+__all__ = ["REWARDS", "RewardComponent", "RewardConfigError", "RewardRuntimeError", "RewardScores",
            "RewardSet", "UserRewardError", "build_rewards"]
 
 

@@ -7,12 +7,12 @@ siblings of prompt g. A component returns one float per completion ([N] tensor);
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from rshape.batch import Batch
 from rshape.registry import Registry
 from rshape.tasks.base import Problem
 
@@ -29,42 +29,9 @@ class RewardContext(Protocol):
         """Per-token log-probs under the current policy of each completion after the given prompt."""
         ...
 
-    def generate(self, problems: list[Problem], group_size: int) -> RewardBatch:
+    def generate(self, problems: list[Problem], group_size: int) -> Batch:
         """Sample `group_size` completions per problem with the current policy, verified (no reward)."""
         ...
-
-
-@dataclass
-class RewardBatch:
-    """Everything a reward may read about one step's rollouts.
-
-    lengths are in tokens, counting generated tokens up to and excluding EOS; `truncated` marks
-    completions that hit the generation limit without EOS; `correct` is the task verifier's
-    verdict (1.0/0.0), computed once per step and shared by every component.
-    """
-
-    prompts: list[Any]  # [N] prompt text or chat of each completion
-    completions: list[str]  # [N] decoded completion text (no EOS, no padding)
-    completion_ids: list[list[int]]  # [N] generated token ids (no EOS, no padding)
-    lengths: torch.Tensor  # [N] long
-    truncated: torch.Tensor  # [N] bool
-    correct: torch.Tensor  # [N] float 0/1
-    problems: list[Problem]  # [N] the problem of each completion
-    group_size: int  # G
-    step: int = 0
-    max_new_tokens: int = 0
-    schedule: dict[str, float] = field(default_factory=dict)  # current values of named schedules (budget...)
-    token_entropies: torch.Tensor | None = None  # [N, T] sampling entropy per generated token, if asked for
-    context: RewardContext | None = None  # access to the policy, for rewards that need it
-    tokenizer: Any = None  # the policy's tokenizer when there is no context (e.g. scoring saved completions)
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.completions) // self.group_size
-
-    def grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """[N] → [B, G]."""
-        return x.view(self.num_groups, self.group_size)
 
 
 class RewardComponent(BaseModel):
@@ -81,10 +48,10 @@ class RewardComponent(BaseModel):
     multiplicative: ClassVar[bool] = False  # multiplies the summed reward (`combine: multiply`) instead of adding
     has_step_rewards: ClassVar[bool] = False  # defines `step_rewards` (`combine: per_step`, process supervision)
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must define __call__")
 
-    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[list[tuple[int, float]]]:
+    def step_rewards(self, batch: Batch, tokenizer: Any) -> list[list[tuple[int, float]]]:
         """Per completion, (index of a step's last token, reward) of each reasoning step (`has_step_rewards`)."""
         raise TypeError(f"{type(self).__name__} has no step rewards")
 

@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import torch
 
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import RewardComponent
 from rshape.schedules import Schedule
 
 
@@ -125,7 +126,7 @@ class RewardSet:
                 if vals.numel():
                     wc.constraint.update(vals.mean().item())
 
-    def _raw(self, wc: WeightedComponent, batch: RewardBatch) -> torch.Tensor:
+    def _raw(self, wc: WeightedComponent, batch: Batch) -> torch.Tensor:
         n = len(batch.completions)
         try:
             raw = wc.component_at(batch.step)(batch)
@@ -137,15 +138,15 @@ class RewardSet:
             raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) returned {raw.numel()} values for {n} completions")
         return raw
 
-    def score(self, batch: RewardBatch) -> RewardScores:
+    def score(self, batch: Batch) -> RewardScores:
         """Call every component once on the batch, then combine."""
         return self.combine(self.raw_scores(batch), batch.step)
 
-    def raw_scores(self, batch: RewardBatch) -> dict[str, torch.Tensor]:
+    def raw_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Each component's raw values [N] (the only place components are called)."""
         return {wc.name: self._raw(wc, batch) for wc in self.components}
 
-    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[tuple[float, list[list[tuple[int, float]]], str]]:
+    def step_rewards(self, batch: Batch, tokenizer: Any) -> list[tuple[float, list[list[tuple[int, float]]], str]]:
         """(weight, step rewards, step normalisation) of each `combine: per_step` component: step_rewards[i] lists
         (index of a step's last token, reward) of completion i (rshape.rl.advantages.step_advantages)."""
         out = []

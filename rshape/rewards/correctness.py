@@ -6,7 +6,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.tasks.verifiers import VERIFIERS
 
 
@@ -34,12 +35,12 @@ class Correctness(RewardComponent):
     verifier: Literal["task", "exact", "numeric", "math"] = "task"
     """`task`: the task's own verdict (batch.correct); `exact`, `numeric`, `math`: re-check against problem.answer."""
 
-    def verdicts(self, batch: RewardBatch) -> torch.Tensor:
+    def verdicts(self, batch: Batch) -> torch.Tensor:
         """[N] bool: which completions this component counts as correct."""
         if self.verifier == "task":
             return batch.correct > 0
         check = VERIFIERS[self.verifier]
         return torch.tensor([bool(check(t, p)) for t, p in zip(batch.completions, batch.problems)], dtype=torch.bool)
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.where(self.verdicts(batch), self.correct_score, self.wrong_score).float()

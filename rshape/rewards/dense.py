@@ -7,7 +7,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 
 
 def empty_question_prompt(prompt: Any, empty_prompt: str = "") -> Any:
@@ -57,7 +58,7 @@ class SelfAlignedReward(RewardComponent):
     empty_prompt: str = ""
     """Prompt for ppl(a) when prompts are plain text (chat prompts keep their template with empty user turns)."""
 
-    def self_aligned(self, batch: RewardBatch) -> torch.Tensor:
+    def self_aligned(self, batch: Batch) -> torch.Tensor:
         """R_SA for every completion, [N] float."""
         if batch.context is None:
             raise ValueError("sar needs the policy: batch.context is None, but SAR scores each completion's "
@@ -82,7 +83,7 @@ class SelfAlignedReward(RewardComponent):
             r[i] = 0.0 if torch.isnan(value) else value
         return r.float()
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         r = self.alpha * self.self_aligned(batch)
         if self.include_correctness:
             r = r + batch.correct.float()
@@ -170,7 +171,7 @@ class PhaseEntropy(RewardComponent):
     think_end_token_id: int | None = Field(default=None, ge=0)
     """Token id of the tag, when it is one token (e.g. Qwen3's `</think>`); skips the tokenizer search."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         if batch.token_entropies is None:
             raise ValueError("pear needs per-token sampling entropies (batch.token_entropies is None); the loop "
                              "records them when a component sets needs_entropies")
@@ -224,7 +225,7 @@ class RepetitionPenalty(RewardComponent):
         scaling = 1.0 - len(set(grams)) / len(grams)
         return scaling * self.max_penalty if scaling else 0.0
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         if self.unit == "words":
             seqs = [text.lower().split() for text in batch.completions]
         else:
@@ -248,7 +249,7 @@ class CostPenalty(RewardComponent):
     cost_key: str | None = None
     """Name of a numeric problem.meta column to use instead of the token length."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         if self.cost_key is None:
             return -self.rate * batch.lengths.float()
         costs = []

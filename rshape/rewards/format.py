@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent, compiled_regex
 
 THINK_ANSWER = r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
 
@@ -37,7 +38,7 @@ class Format(RewardComponent):
 
     _compiles = field_validator("pattern")(classmethod(lambda cls, v: compiled_regex(v)))
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         rx = re.compile(self.pattern, re.DOTALL)
         return torch.tensor([1.0 if rx.match(c) else 0.0 for c in batch.completions])
 
@@ -70,7 +71,7 @@ class TagCount(RewardComponent):
             raise ValueError("give at least one tag, and no empty tag")
         return v
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         each = self.per_tag if self.per_tag is not None else 1.0 / len(self.tags)
         return torch.tensor([each * sum(1 for t in self.tags if c.count(t) == 1) for c in batch.completions],
                             dtype=torch.float)

@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, PrivateAttr
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 
 
 def hapo_length_term(length: float, h: float | None, correct: bool, shape: str = "cosine",
@@ -91,7 +92,7 @@ class Hapo(RewardComponent):
         self._counts.clear()
         self._counts.update(state.get("counts", {}))
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lengths = batch.lengths.tolist()
         correct = (batch.correct > 0).tolist()
         ids = [str(p.id) for p in batch.problems]

@@ -21,7 +21,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, PrivateAttr
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.tasks.verifiers import extract_answer
 
 Variant = Literal["step", "penalty", "hybrid"]
@@ -162,7 +163,7 @@ class _LaserBase(RewardComponent):
     alpha: float = Field(0.5, ge=0)
     """Size α of the length term (Laser: length_reward_scalar = 0.5)."""
 
-    def _base(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _base(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(C [N], correct [N] bool, parsed [N] bool)."""
         correct = batch.correct > 0
         parsed = torch.tensor([extract_answer(t) is not None for t in batch.completions], dtype=torch.bool)
@@ -203,14 +204,14 @@ class Laser(_LaserBase):
     variant: Variant = "step"
     """`step` (+α within L_T), `penalty` (−α beyond L_T) or `hybrid` (both), for correct answers."""
 
-    def target(self, batch: RewardBatch) -> float:
+    def target(self, batch: Batch) -> float:
         if self.target_length is not None:
             return float(self.target_length)
         if "budget" in batch.schedule:
             return float(batch.schedule["budget"])
         raise ValueError("laser: set target_length, or define a `budget` schedule in the recipe's schedules section")
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         c, correct, _parsed = self._base(batch)
         within = batch.lengths.float() <= self.target(batch)
         return c + _length_term(self.variant, float(self.alpha), correct, within)
@@ -254,7 +255,7 @@ class _DifficultyLaser(_LaserBase):
         return dict(t) if t is not None else {b: self.initial_target for b in BUCKETS}
 
     # ---- refresh
-    def _maybe_refresh(self, batch: RewardBatch) -> None:
+    def _maybe_refresh(self, batch: Batch) -> None:
         last = self._state["last_refresh"]
         if last is not None and batch.step - last < self.update_every:
             return
@@ -272,7 +273,7 @@ class _DifficultyLaser(_LaserBase):
                                                 self.expected_n_correct, self.round_method)
         self._state["last_refresh"] = batch.step
 
-    def _per_sample_targets(self, batch: RewardBatch, correct: torch.Tensor) -> torch.Tensor:
+    def _per_sample_targets(self, batch: Batch, correct: torch.Tensor) -> torch.Tensor:
         """[N] target of each completion's bucket (inf = no limit)."""
         targets = self._state["targets"]
         if targets is None:
@@ -313,7 +314,7 @@ class LaserD(_DifficultyLaser):
     variant: Variant = "step"
     """`step` (+α within L_T), `penalty` (−α beyond L_T) or `hybrid` (both), for correct answers."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         self._maybe_refresh(batch)
         c, correct, _parsed = self._base(batch)
         within = batch.lengths.float() <= self._per_sample_targets(batch, correct)
@@ -339,7 +340,7 @@ class LaserDE(_DifficultyLaser):
     repetition_ngram: int = Field(4, ge=1)
     """n of the repetition test before its length-based adjustment (Laser: 4)."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         self._maybe_refresh(batch)
         c, correct, parsed = self._base(batch)
         lengths = batch.lengths.float()

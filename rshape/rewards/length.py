@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.rewards.combine import apply_multiplier  # noqa: F401  (documented here)
 
 
@@ -28,7 +29,7 @@ class KimiLength(RewardComponent):
     )
     source: ClassVar[str] = 'Kimi k1.5, arXiv 2501.12599'
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lengths = batch.grouped(batch.lengths.float())  # [B, G]
         correct = batch.grouped(batch.correct) > 0  # [B, G]
         lo = lengths.min(dim=1, keepdim=True).values  # [B, 1]
@@ -44,7 +45,7 @@ class KimiLength(RewardComponent):
 # Helpers shared by the components below.
 
 
-def _limit(value: float | None, batch: RewardBatch, owner: str, field: str) -> float:
+def _limit(value: float | None, batch: Batch, owner: str, field: str) -> float:
     """`value` if set, else the generation limit batch.max_new_tokens; a clear error when neither is known."""
     if value is not None:
         return float(value)
@@ -120,7 +121,7 @@ class CosineLength(RewardComponent):
                              f"max_value_correct ({self.max_value_correct})")
         return self
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         l_max = _limit(self.max_len, batch, "cosine", "max_len")
         lengths = batch.lengths.double()
         correct = batch.correct > 0
@@ -143,7 +144,7 @@ class _TargetLength(RewardComponent):
     target: float | None = Field(None, gt=0)
     """A fixed target used when neither the problem nor the schedule gives one; None = error."""
 
-    def targets(self, batch: RewardBatch, owner: str) -> torch.Tensor:
+    def targets(self, batch: Batch, owner: str) -> torch.Tensor:
         fallback = batch.schedule.get(self.schedule_key, self.target)
         out = []
         for i, p in enumerate(batch.problems):
@@ -178,7 +179,7 @@ class LcpoExact(_TargetLength):
     alpha: float = Field(0.0003, ge=0)
     """Penalty per token of distance to the target."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         n_t = self.targets(batch, "lcpo_exact")
         c = (batch.correct > 0).double()
         return (c - self.alpha * (n_t - batch.lengths.double()).abs()).float()
@@ -203,7 +204,7 @@ class LcpoMax(_TargetLength):
     delta: float = 0.5
     """Value of the length term at L = n_t."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         n_t = self.targets(batch, "lcpo_max")
         c = (batch.correct > 0).double()
         term = (self.alpha * (n_t - batch.lengths.double()) + self.delta).clamp(0.0, 1.0)
@@ -228,7 +229,7 @@ class ShorterBetter(RewardComponent):
     beta: float = Field(0.001, ge=0)
     """Penalty per token of distance to SOL."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lengths = batch.grouped(batch.lengths.double())  # [B, G]
         correct = batch.grouped(batch.correct) > 0
         shortest = torch.where(correct, lengths, torch.full_like(lengths, math.inf)).min(dim=1, keepdim=True).values
@@ -261,7 +262,7 @@ class SelfNormalizedLength(RewardComponent):
     eps: float = Field(1e-6, ge=0)
     """Added to the std (Laser's epsilon)."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lengths = batch.grouped(batch.lengths.double())
         correct = batch.grouped(batch.correct) > 0
         r = _self_normalized(lengths, correct, self.alpha, self.eps)
@@ -294,7 +295,7 @@ class GrpoLambda(RewardComponent):
     eps: float = Field(1e-6, ge=0)
     """Added to the std."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lengths = batch.grouped(batch.lengths.double())
         correct = batch.grouped(batch.correct) > 0
         n_groups = lengths.shape[0]
@@ -335,7 +336,7 @@ class DapoOverlong(RewardComponent):
     penalty_factor: float = Field(1.0, ge=0)
     """The penalty at L ≥ L_max (verl/OpenRLHF `overlong_penalty_factor`)."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         l_max = _limit(self.max_len, batch, "dapo_overlong", "max_len")
         cache = float(self.cache_len) if self.cache_len is not None else float(max(1, int(l_max) // 4))
         if cache > l_max:
@@ -372,7 +373,7 @@ class TltsLength(RewardComponent):
     shape: Literal["triangle", "band"] = "triangle"
     """`triangle` rises from 0 at ℓ = 0; `band` is flat at R_max up to L."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         budget = batch.schedule.get(self.schedule_key, self.budget)
         if budget is None:
             raise ValueError(f"tlts_length: no budget: batch.schedule has no {self.schedule_key!r} and `budget` is not set")
@@ -428,7 +429,7 @@ class DlerTruncation(RewardComponent):
     easy_threshold: float = Field(0.5, ge=0, le=1)
     """Group correctness ratio from which a prompt counts as easy."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         base = None
         if self.budget is not None or self.easy_budget is None or self.hard_budget is None:
             base = _limit(self.budget, batch, "truncation", "budget")
@@ -465,5 +466,5 @@ class StopProperly(RewardComponent):
     coef: float = Field(0.0, le=1)
     """c: multiplier of a truncated completion's reward if in [0, 1], its replacement if negative."""
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.where(batch.truncated.bool(), self.coef, 1.0).float()

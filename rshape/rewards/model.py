@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, PrivateAttr, model_validator
 
+from rshape.batch import Batch
 from rshape.registry import load_dotted
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.tasks.base import Problem
 
 
@@ -177,7 +178,7 @@ class RewardModelReward(RewardComponent):
         refs = [refs] if isinstance(refs, str) else list(refs)
         return [str(r) for r in refs[: self.max_references]]
 
-    def reference_rewards(self, batch: RewardBatch) -> list[torch.Tensor]:
+    def reference_rewards(self, batch: Batch) -> list[torch.Tensor]:
         """Per completion, the RM rewards of its prompt's references (cached by prompt and text)."""
         cache: dict = self._cache.setdefault("refs", {})
         per_row: list[list[tuple[Any, str]]] = []
@@ -197,7 +198,7 @@ class RewardModelReward(RewardComponent):
                 cache[key] = s
         return [torch.tensor([cache[k] for k in keys], dtype=torch.float64) for keys in per_row]
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         r, members = self.score(list(batch.prompts), list(batch.completions))
         r = r.double()
         last: dict[str, float] = {"raw_mean": r.mean().item() if r.numel() else float("nan"),

@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from rshape.batch import Batch
 from rshape.registry import load_dotted
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
+from rshape.rewards.base import REWARDS, RewardComponent, compiled_regex
 from rshape.rewards.model import RewardModelReward
 from rshape.tasks.base import Problem
 
@@ -178,7 +179,7 @@ class ProcessReward(RewardComponent):
             raise ValueError(f"scorer {self.scorer!r} returned a non-finite step score: {raw}")
         return scored
 
-    def _batch_steps(self, batch: RewardBatch) -> list[list[tuple[int, float]]]:
+    def _batch_steps(self, batch: Batch) -> list[list[tuple[int, float]]]:
         """scored_steps of every completion, kept for the batch last seen (so step credit does not rescore)."""
         key = (tuple(map(str, batch.prompts)), tuple(batch.completions))
         if self._cache.get("batch_key") != key:
@@ -187,14 +188,14 @@ class ProcessReward(RewardComponent):
             self._cache["batch_key"] = key
         return self._cache["batch_steps"]
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.tensor([sum(refine_step_rewards([r for _, r in steps], self.refine, self.eta))
                              for steps in self._batch_steps(batch)], dtype=torch.float32)
 
     def step_normalization(self) -> str:
         return self.step_normalize
 
-    def step_rewards(self, batch: RewardBatch, tokenizer: Any) -> list[list[tuple[int, float]]]:
+    def step_rewards(self, batch: Batch, tokenizer: Any) -> list[list[tuple[int, float]]]:
         """For `combine: per_step`: (index of the step's last token, refined reward r̃_k) per completion."""
         out = []
         for steps, ids in zip(self._batch_steps(batch), batch.completion_ids):

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, field_validator
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent, compiled_regex
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent, compiled_regex
 
 _ANSWER_GREEDY = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
 _PARENS = re.compile(r"\\\((.*?)\\\)", re.DOTALL)
@@ -116,7 +117,7 @@ class FormatLength(RewardComponent):
 
     _compiles = field_validator("think_pattern")(classmethod(lambda cls, v: compiled_regex(v)))
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         lmax = self.max_length or batch.max_new_tokens
         if not lmax or lmax <= 0:
             raise ValueError("format_length: set max_length, or run with batch.max_new_tokens > 0")

@@ -10,7 +10,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from rshape.rewards.base import REWARDS, RewardBatch, RewardComponent
+from rshape.batch import Batch
+from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.tasks.base import extract_tagged_answer
 
 # mteval-v13a tokenisation (the default of sacrebleu and of Hugging Face `evaluate`'s bleu).
@@ -139,7 +140,7 @@ class ReferenceOverlap(RewardComponent):
             return sentence_bleu(cand, toks, self.max_order, self.smooth)
         return max(ngram_f1(cand, r, self.max_order) for r in toks)
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.tensor([self.score(scored_text(c, self.extract), self.references(p))
                              for c, p in zip(batch.completions, batch.problems)], dtype=torch.float)
 
@@ -223,7 +224,7 @@ class RuleFraction(RewardComponent):
                 raise ValueError(f"rule_fraction: sample {i}: constraint {kind!r} has a bad regex {value!r}: {exc}") from None
         return lambda text: bool(fn(text, value, c))
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         out = []
         for i, (completion, problem) in enumerate(zip(batch.completions, batch.problems)):
             constraints = problem.meta.get(self.constraints_key) or []

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from pydantic import ConfigDict, PrivateAttr
 
+from rshape.batch import Batch
 from rshape.registry import load_dotted
-from rshape.rewards.base import RewardBatch, RewardComponent
+from rshape.rewards.base import RewardComponent
 
 
 class UserRewardError(Exception):
@@ -41,7 +42,7 @@ class UserFunction(RewardComponent):
             self._fn = load_dotted(self.path)
         return self._fn
 
-    def __call__(self, batch: RewardBatch, **_: Any) -> torch.Tensor:
+    def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         chat = bool(batch.prompts) and isinstance(batch.prompts[0], list)
         completions: list[Any] = ([[{"role": "assistant", "content": c}] for c in batch.completions]
                                   if chat else list(batch.completions))

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rshape.batch import Batch, grouped
 from rshape.registry import Registry
 
 ADVANTAGES: Registry = Registry("advantage estimator")
@@ -21,20 +22,37 @@ ADVANTAGES: Registry = Registry("advantage estimator")
 
 @dataclass
 class AdvantageInputs:
-    """What an estimator may read. Tensors are [N] = [B·G] unless noted."""
+    """What an estimator may read: the step's batch and the combined reward. Tensors are [N] = [B·G]."""
 
     rewards: torch.Tensor  # float, the combined reward
-    group_size: int  # G
-    lengths: torch.Tensor  # long, completion tokens before EOS
-    correct: torch.Tensor  # float 0/1 from the verifier
-    max_new_tokens: int  # the generation limit
+    batch: Batch  # the step's rows: lengths, verdicts, group size, generation limit
     eps: float = 1e-4
     seq_logprobs: torch.Tensor | None = None  # mean token log-prob under the sampling policy (estimators that ask)
     seq_entropies: torch.Tensor | None = None  # mean token entropy under the sampling policy (estimators that ask)
 
+    @classmethod
+    def of(cls, batch: Batch, rewards: torch.Tensor, eps: float = 1e-4, **seq_stats: torch.Tensor) -> AdvantageInputs:
+        return cls(rewards=rewards, batch=batch, eps=eps, **seq_stats)
+
+    @property
+    def group_size(self) -> int:  # G
+        return self.batch.group_size
+
+    @property
+    def lengths(self) -> torch.Tensor:  # long, completion tokens before EOS
+        return self.batch.lengths
+
+    @property
+    def correct(self) -> torch.Tensor:  # float 0/1 from the verifier
+        return self.batch.correct
+
+    @property
+    def max_new_tokens(self) -> int:  # this step's generation limit
+        return self.batch.max_new_tokens
+
     def grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """[N] → [B, G]."""
-        return x.float().view(-1, self.group_size)
+        """[N] → [B, G], float32."""
+        return grouped(x.float(), self.group_size)
 
 
 def estimator(name: str, summary: str, source: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
@@ -94,7 +112,7 @@ def _mask_tokens(x: AdvantageInputs) -> torch.Tensor:
 
 
 def _grouped64(x: AdvantageInputs, t: torch.Tensor) -> torch.Tensor:
-    return t.double().reshape(-1, x.group_size)
+    return grouped(t.double().contiguous(), x.group_size)
 
 
 def _require(x: AdvantageInputs, field: str, name: str) -> torch.Tensor:
@@ -394,7 +412,7 @@ def process_token_advantages(step_rewards: list[list[tuple[int, float]]], group_
 
 def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
     """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
-    g = x.view(-1, group_size)
+    g = grouped(x, group_size)
     filled = torch.where(torch.isnan(g), torch.nanmean(g, dim=1, keepdim=True).nan_to_num(0.0), g)
     std = filled.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(filled[:, :1])
     centred = filled - filled.mean(dim=1, keepdim=True)

@@ -6,22 +6,11 @@ from typing import Any
 
 import torch
 
-from rshape.rewards.base import RewardBatch
+from rshape.batch import Batch, verify
 from rshape.rl.loss import token_logprobs
-from rshape.rl.rollout import Rollouts, encode_prompts, render_prompt, rollout
+from rshape.rl.rollout import encode_prompts, render_prompt, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.tasks.base import Problem, Task
-
-
-def batch_from_rollouts(ro: Rollouts, task: Task, step: int, max_new_tokens: int, **extra: Any) -> RewardBatch:
-    """The reward view of a batch of rollouts, verified by the task."""
-    correct = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)])  # [N]
-    ids = ro.completion_ids.cpu()
-    return RewardBatch(
-        prompts=[p.prompt for p in ro.problems], completions=ro.texts,
-        completion_ids=[row[:n].tolist() for row, n in zip(ids, ro.lengths.tolist())],
-        lengths=ro.lengths, truncated=ro.truncated, correct=correct, problems=ro.problems,
-        group_size=ro.group_size, step=step, max_new_tokens=max_new_tokens, token_entropies=ro.entropies, **extra)
 
 
 class LoopContext:
@@ -45,10 +34,10 @@ class LoopContext:
         for i, c in enumerate(completion_ids):
             comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
             cmask[i, : len(c)] = True
-        ro = Rollouts(problems=[None] * len(prompts), prompt_ids=ids, prompt_mask=mask,  # type: ignore[list-item]
-                      completion_ids=comp.to(self.device), completion_mask=cmask.to(self.device),
-                      lengths=cmask.sum(1), truncated=torch.zeros(len(prompts), dtype=torch.bool), texts=[""] * len(prompts),
-                      group_size=1)
+        ro = Batch(prompts=list(prompts), completions=[""] * len(prompts), completion_ids=list(completion_ids),
+                   lengths=cmask.sum(1), truncated=torch.zeros(len(prompts), dtype=torch.bool), correct=None,
+                   problems=[None] * len(prompts), group_size=1, prompt_ids=ids, prompt_mask=mask,  # type: ignore[list-item]
+                   token_ids=comp.to(self.device), token_mask=cmask.to(self.device))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -57,11 +46,13 @@ class LoopContext:
             self.model.train(was_training)
         return [lp[i, : len(c)].cpu() for i, c in enumerate(completion_ids)]
 
-    def generate(self, problems: list[Problem], group_size: int) -> RewardBatch:
+    def generate(self, problems: list[Problem], group_size: int) -> Batch:
         cfg = self.recipe.rollout
         keys = sample_keys(self.recipe.seed, self.step, [f"monitor:{p.id}" for p in problems for _ in range(group_size)],
                            [g for _ in problems for g in range(group_size)])
-        ro = rollout(self.model, self.tokenizer, problems, group_size=group_size, max_new_tokens=cfg.max_new_tokens,
-                     keys=keys, temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=self.task.system_prompt,
-                     device=self.device, decoder=cfg.decoder)
-        return batch_from_rollouts(ro, self.task, self.step, cfg.max_new_tokens)
+        batch = rollout(self.model, self.tokenizer, problems, group_size=group_size, max_new_tokens=cfg.max_new_tokens,
+                        keys=keys, temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=self.task.system_prompt,
+                        device=self.device, decoder=cfg.decoder)
+        verify(batch, self.task)
+        batch.step = self.step
+        return batch

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rshape.batch import verify
 from rshape.curriculum import CurriculumSampler
 from rshape.progress import StepProgress
 from rshape.recipe import Recipe
@@ -53,7 +54,7 @@ def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.d
                 ro = rollout(model, tokenizer, chunk, group_size=k, max_new_tokens=recipe.rollout.max_new_tokens,
                              keys=keys, temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p,
                              system_prompt=task.system_prompt, device=device, decoder=recipe.rollout.decoder)
-                ok = torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)]).view(-1, k)
+                ok = ro.grouped(verify(ro, task))
                 rates += ok.mean(1).tolist()
         model.train(was_training)
         return rates

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from rshape.rl.rollout import Rollouts, positions_from_mask
+from rshape.batch import Batch
+from rshape.rl.rollout import positions_from_mask
 
 
-def completion_logits(model: torch.nn.Module, rollouts: Rollouts, temperature: float = 1.0) -> torch.Tensor:
+def completion_logits(model: torch.nn.Module, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     """Logits that predict each completion token, [R, T, V], divided by the sampling temperature."""
-    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)  # [R, P+T]
-    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask.to(rollouts.prompt_mask.dtype)], dim=1)
-    T = rollouts.completion_ids.shape[1]
+    ids = torch.cat([batch.prompt_ids, batch.token_ids], dim=1)  # [R, P+T]
+    mask = torch.cat([batch.prompt_mask, batch.token_mask.to(batch.prompt_mask.dtype)], dim=1)
+    T = batch.token_ids.shape[1]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                 use_cache=False, logits_to_keep=T + 1)
     return out.logits[:, :-1, :] / temperature  # [R, T, V]: position P-1+t predicts token P+t
@@ -40,37 +41,37 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bo
 LOGIT_BUDGET = 1 << 25  # float32 logits per chunk when the recipe does not fix the chunk size
 
 
-def rows_per_chunk(model: torch.nn.Module, rollouts: Rollouts, chunk: int | None) -> int:
+def rows_per_chunk(model: torch.nn.Module, batch: Batch, chunk: int | None) -> int:
     """`chunk`, or the most rows whose [rows, P+T, V] logits stay under LOGIT_BUDGET floats."""
     if chunk:
         return chunk
     vocab = model.get_output_embeddings().weight.shape[0]
-    width = rollouts.prompt_ids.shape[1] + rollouts.completion_ids.shape[1]
+    width = batch.prompt_ids.shape[1] + batch.token_ids.shape[1]
     return max(1, LOGIT_BUDGET // max(1, width * vocab))
 
 
-def length_sorted_chunks(rollouts: Rollouts, chunk: int) -> list[torch.Tensor]:
+def length_sorted_chunks(batch: Batch, chunk: int) -> list[torch.Tensor]:
     """Row indices in chunks of `chunk`, rows ordered by length, so that each chunk, trimmed of the
-    columns that are padding in all its rows (`Rollouts.trimmed`), carries little padding."""
-    total = rollouts.prompt_mask.sum(1) + rollouts.completion_mask.sum(1)
+    columns that are padding in all its rows (`Batch.trimmed`), carries little padding."""
+    total = batch.prompt_mask.sum(1) + batch.token_mask.sum(1)
     return list(torch.argsort(total.cpu(), stable=True).split(chunk))
 
 
-def token_logprobs(model: torch.nn.Module, rollouts: Rollouts, temperature: float = 1.0, chunk: int | None = None,
+def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0, chunk: int | None = None,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) for every completion token, computed `chunk` rows at a time over length-sorted,
     trimmed chunks. → [N, T] (and entropy [N, T]); 0 outside the completion mask."""
-    n, T = rollouts.completion_ids.shape
-    device = rollouts.completion_ids.device
+    n, T = batch.token_ids.shape
+    device = batch.token_ids.device
     logp = torch.zeros(n, T, device=device)
     entropy = torch.zeros(n, T, device=device) if with_entropy else None
-    for rows in length_sorted_chunks(rollouts, rows_per_chunk(model, rollouts, chunk)):
-        part = rollouts.select(rows).trimmed()
-        width = part.completion_ids.shape[1]
-        lp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids, with_entropy)
-        logp[rows.to(device), :width] = lp.masked_fill(~part.completion_mask, 0.0)
+    for rows in length_sorted_chunks(batch, rows_per_chunk(model, batch, chunk)):
+        part = batch.select(rows).trimmed()
+        width = part.token_ids.shape[1]
+        lp, ent = gather_logprobs(completion_logits(model, part, temperature), part.token_ids, with_entropy)
+        logp[rows.to(device), :width] = lp.masked_fill(~part.token_mask, 0.0)
         if entropy is not None:
-            entropy[rows.to(device), :width] = ent.masked_fill(~part.completion_mask, 0.0)
+            entropy[rows.to(device), :width] = ent.masked_fill(~part.token_mask, 0.0)
     return logp, entropy
 
 
@@ -105,7 +106,8 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     its row chunks add up to the loss of the batch:
       `grpo`:    Σ_i (Σ_t ℓ_i,t / |y_i|) / num_sequences      (DeepSeekMath: sequence mean, then mean)
       `dapo`:    Σ_i Σ_t ℓ_i,t / num_tokens                   (DAPO, arXiv 2503.14476: batch token mean)
-      `dr_grpo`: Σ_i Σ_t ℓ_i,t / (num_sequences · max_len)    (Dr. GRPO, arXiv 2503.20783: a constant divisor)
+      `dr_grpo`: Σ_i Σ_t ℓ_i,t / (num_sequences · max_len)    (Dr. GRPO, arXiv 2503.20783: a constant divisor; the loop passes
+                 the recipe's `rollout.max_new_tokens`, constant even when a budget schedule lowers a step's limit)
     logp, old_logp, mask, entropy: [R, T]; advantages: [R], or [R, T] for token-level (process) advantages.
     """
     mask = mask.float()

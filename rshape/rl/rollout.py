@@ -1,15 +1,14 @@
-"""Batched generation with a KV cache and left padding, and the typed record of a batch of groups."""
+"""Batched generation with a KV cache and left padding, into a `rshape.batch.Batch` of groups."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from rshape.batch import Batch
 from rshape.rl.fast_decode import FastDecoder, fast_decoder, fast_decoder_problem
 from rshape.rl.sampling import pick_tokens
 from rshape.tasks.base import Problem
@@ -155,50 +154,6 @@ def completion_mask(tokens: torch.Tensor, eos_token_id: int) -> tuple[torch.Tens
     return mask, first_eos.long(), ~has_eos
 
 
-@dataclass
-class Rollouts:
-    """One step's completions: B prompts × G samples, prompt-major (row = b·G + g)."""
-
-    problems: list[Problem]  # [N]
-    prompt_ids: torch.Tensor  # [N, P] left-padded
-    prompt_mask: torch.Tensor  # [N, P]
-    completion_ids: torch.Tensor  # [N, T], pad after EOS
-    completion_mask: torch.Tensor  # [N, T] bool, up to and including EOS
-    lengths: torch.Tensor  # [N] long, tokens before EOS
-    truncated: torch.Tensor  # [N] bool
-    texts: list[str]  # [N] decoded completions
-    group_size: int
-    entropies: torch.Tensor | None = None  # [N, T] sampling entropy per token, when asked for
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.completion_mask.sum())
-
-    def trimmed(self) -> Rollouts:
-        """The same rows without the columns that are padding in every row (leading prompt pads, trailing
-        completion pads): a forward over it gives the same log-probs for every real token, on less compute."""
-        prompt_cols = int(self.prompt_mask.any(0).long().argmax()) if self.prompt_mask.any() else self.prompt_mask.shape[1]
-        used = self.completion_mask.any(0)
-        width = int(used.nonzero().max()) + 1 if used.any() else 0
-        if prompt_cols == 0 and width == self.completion_ids.shape[1]:
-            return self
-        return dataclasses.replace(
-            self, prompt_ids=self.prompt_ids[:, prompt_cols:], prompt_mask=self.prompt_mask[:, prompt_cols:],
-            completion_ids=self.completion_ids[:, :width], completion_mask=self.completion_mask[:, :width],
-            entropies=self.entropies[:, :width] if self.entropies is not None else None)
-
-    def select(self, rows: torch.Tensor) -> Rollouts:
-        """The subset of rows (e.g. a minibatch)."""
-        idx = rows.tolist()
-        return Rollouts(
-            problems=[self.problems[i] for i in idx], prompt_ids=self.prompt_ids[rows],
-            prompt_mask=self.prompt_mask[rows], completion_ids=self.completion_ids[rows],
-            completion_mask=self.completion_mask[rows], lengths=self.lengths[rows],
-            truncated=self.truncated[rows], texts=[self.texts[i] for i in idx], group_size=self.group_size,
-            entropies=self.entropies[rows] if self.entropies is not None else None,
-        )
-
-
 def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return tokenizer.batch_decode([row[: int(n)].tolist() for row, n in zip(tokens, lengths)],
                                   skip_special_tokens=False)
@@ -207,9 +162,9 @@ def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: P
 def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
             group_size: int, max_new_tokens: int, keys: torch.Tensor | None, temperature: float = 1.0,
             top_p: float = 1.0, system_prompt: str | None = None, device: torch.device | None = None,
-            with_entropies: bool = False, decoder: str = "auto", **_: Any) -> Rollouts:
-    """Generate `group_size` completions for each problem in one batch. keys: [B·G] sampling keys;
-    decoder: `auto` / `fast` / `hf` (see `stepper`)."""
+            with_entropies: bool = False, decoder: str = "auto", **_: Any) -> Batch:
+    """Generate `group_size` completions for each problem in one batch (not yet verified: `correct` is None).
+    keys: [B·G] sampling keys; decoder: `auto` / `fast` / `hf` (see `stepper`)."""
     device = device or next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
     texts = [render_prompt(p.prompt, tokenizer, system_prompt) for p in rows]
@@ -224,33 +179,10 @@ def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems
         model.train(was_training)
     cmask, lengths, truncated = completion_mask(tokens, tokenizer.eos_token_id)
     tokens = tokens.masked_fill(~cmask, tokenizer.pad_token_id)
-    return Rollouts(problems=rows, prompt_ids=ids, prompt_mask=mask, completion_ids=tokens,
-                    completion_mask=cmask, lengths=lengths.cpu(), truncated=truncated.cpu(),
-                    texts=decode_completions(tokens.cpu(), lengths.cpu(), tokenizer), group_size=group_size,
-                    entropies=entropies.masked_fill(~cmask, 0.0).cpu() if entropies is not None else None)
-
-
-def concat_rollouts(parts: list[Rollouts], pad_token_id: int) -> Rollouts:
-    """Stack several Rollouts (e.g. dynamic-sampling rounds): prompts re-left-padded, completions right-padded."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(p.prompt_ids.shape[1] for p in parts)
-    T = max(p.completion_ids.shape[1] for p in parts)
-
-    def left(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
-
-    def right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-    ent = [p.entropies for p in parts]
-    return Rollouts(
-        problems=[q for p in parts for q in p.problems],
-        prompt_ids=torch.cat([left(p.prompt_ids, P, pad_token_id) for p in parts]),
-        prompt_mask=torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
-        completion_ids=torch.cat([right(p.completion_ids, T, pad_token_id) for p in parts]),
-        completion_mask=torch.cat([right(p.completion_mask, T, False) for p in parts]),
-        lengths=torch.cat([p.lengths for p in parts]), truncated=torch.cat([p.truncated for p in parts]),
-        texts=[t for p in parts for t in p.texts], group_size=parts[0].group_size,
-        entropies=torch.cat([right(e, T, 0.0) for e in ent]) if all(e is not None for e in ent) else None,
-    )
+    lengths, cpu_tokens = lengths.cpu(), tokens.cpu()
+    return Batch(prompts=[p.prompt for p in rows], completions=decode_completions(cpu_tokens, lengths, tokenizer),
+                 completion_ids=[row[:n].tolist() for row, n in zip(cpu_tokens, lengths.tolist())], lengths=lengths,
+                 truncated=truncated.cpu(), correct=None, problems=rows, group_size=group_size,
+                 max_new_tokens=max_new_tokens,
+                 token_entropies=entropies.masked_fill(~cmask, 0.0).cpu() if entropies is not None else None,
+                 prompt_ids=ids, prompt_mask=mask, token_ids=tokens, token_mask=cmask)

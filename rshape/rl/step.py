@@ -9,7 +9,6 @@ evaluation, checkpoints).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,11 +16,12 @@ from typing import Any
 
 import torch
 
+from rshape.batch import Batch, grouped, verify
 from rshape.curriculum import CurriculumSampler
 from rshape.recipe import Recipe
-from rshape.rewards import RewardBatch, RewardScores, RewardSet
+from rshape.rewards import RewardScores, RewardSet
 from rshape.rl.advantages import AdvantageInputs, estimator_needs, normalize_then_sum, step_advantages
-from rshape.rl.context import LoopContext, batch_from_rollouts
+from rshape.rl.context import LoopContext
 from rshape.rl.loss import (
     clipped_policy_loss,
     completion_logits,
@@ -30,7 +30,7 @@ from rshape.rl.loss import (
     rows_per_chunk,
     token_logprobs,
 )
-from rshape.rl.rollout import Rollouts, concat_rollouts, rollout
+from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
 from rshape.rl.session import RunSession
 from rshape.schedules import Schedule
@@ -57,33 +57,20 @@ class Trainer:
 
 @dataclass
 class Scored:
-    """A batch of rollouts with its reward view and each component's raw values."""
+    """A verified batch with each reward component's raw values."""
 
-    ro: Rollouts
-    batch: RewardBatch
+    batch: Batch
     raws: dict[str, torch.Tensor]  # component name → [N]
 
     def select(self, rows: torch.Tensor) -> Scored:
         """The given rows (whole groups)."""
-        idx = rows.tolist()
-        b = self.batch
-        sub = dataclasses.replace(
-            b, prompts=[b.prompts[i] for i in idx], completions=[b.completions[i] for i in idx],
-            completion_ids=[b.completion_ids[i] for i in idx], lengths=b.lengths[rows], truncated=b.truncated[rows],
-            correct=b.correct[rows], problems=[b.problems[i] for i in idx],
-            token_entropies=b.token_entropies[rows] if b.token_entropies is not None else None)
-        return Scored(self.ro.select(rows), sub, {k: v[rows] for k, v in self.raws.items()})
+        return Scored(self.batch.select(rows), {k: v[rows] for k, v in self.raws.items()})
 
     @staticmethod
     def concat(parts: list[Scored], pad_token_id: int) -> Scored:
         """Several scored rounds (dynamic sampling) as one batch."""
-        ro = concat_rollouts([p.ro for p in parts], pad_token_id)
-        batches = [p.batch for p in parts]
-        batch = dataclasses.replace(
-            batches[0], prompts=[x for b in batches for x in b.prompts], completions=ro.texts,
-            completion_ids=[x for b in batches for x in b.completion_ids], lengths=ro.lengths, truncated=ro.truncated,
-            correct=torch.cat([b.correct for b in batches]), problems=ro.problems, token_entropies=ro.entropies)
-        return Scored(ro, batch, {k: torch.cat([p.raws[k] for p in parts]) for k in parts[0].raws})
+        return Scored(Batch.concat([p.batch for p in parts], pad_token_id),
+                      {k: torch.cat([p.raws[k] for p in parts]) for k in parts[0].raws})
 
 
 # ---------------------------------------------------------------------------------------------- generate, score
@@ -107,12 +94,13 @@ def generate_and_score(t: Trainer, step: int, round_: int, context: LoopContext,
     tag = "" if round_ == 0 else f"round{round_}:"  # refills draw fresh noise
     keys = sample_keys(t.recipe.seed, step, [tag + p.id for p in problems for _ in range(G)],
                        [g for _ in problems for g in range(G)])  # [B·G]
-    ro = rollout(run.model, run.tokenizer, problems, group_size=G, max_new_tokens=limit, keys=keys,
-                 temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=run.task.system_prompt, device=run.device,
-                 with_entropies=t.rewards.needs_entropies, decoder=cfg.decoder)
-    batch = batch_from_rollouts(ro, run.task, step, limit, context=context, schedule=schedule_values)
-    t.sampler.observe([p.id for p in problems], batch.correct.view(-1, G).mean(1).tolist(), step)  # before filtering
-    return Scored(ro, batch, t.rewards.raw_scores(batch))
+    batch = rollout(run.model, run.tokenizer, problems, group_size=G, max_new_tokens=limit, keys=keys,
+                    temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=run.task.system_prompt, device=run.device,
+                    with_entropies=t.rewards.needs_entropies, decoder=cfg.decoder)
+    correct = verify(batch, run.task)  # [N]
+    batch.step, batch.context, batch.schedule = step, context, schedule_values
+    t.sampler.observe([p.id for p in problems], batch.grouped(correct).mean(1).tolist(), step)  # before filtering
+    return Scored(batch, t.rewards.raw_scores(batch))
 
 
 def dynamic_sampling(t: Trainer, step: int, scored: Scored, context: LoopContext, schedule_values: dict[str, float]
@@ -125,7 +113,7 @@ def dynamic_sampling(t: Trainer, step: int, scored: Scored, context: LoopContext
     metrics: dict[str, float] = {}
     n_kept, rounds = 0, 0
     while True:
-        total = t.rewards.combine(scored.raws, step).total.view(-1, G)  # [B, G]
+        total = grouped(t.rewards.combine(scored.raws, step).total, G)  # [B, G]
         informative = total.std(dim=1, unbiased=False) > ds.std_eps  # [B]
         if rounds == 0:
             metrics["sampling/zero_std_frac"] = 1.0 - informative.float().mean().item()
@@ -142,14 +130,14 @@ def dynamic_sampling(t: Trainer, step: int, scored: Scored, context: LoopContext
 # ---------------------------------------------------------------------------------------------- advantages
 
 
-def sequence_stats(policy: Any, ro: Rollouts, recipe: Recipe, needs: set[str]) -> dict[str, torch.Tensor]:
+def sequence_stats(policy: Any, batch: Batch, recipe: Recipe, needs: set[str]) -> dict[str, torch.Tensor]:
     """Per-sequence mean token log-prob / entropy under the sampling policy, for estimators that ask."""
-    if not needs or not ro.completion_ids.shape[0]:
+    if not needs or not batch.token_ids.shape[0]:
         return {}
     with torch.no_grad():
-        lp, ent = token_logprobs(policy.model, ro, recipe.rollout.temperature, recipe.algorithm.logprob_chunk,
+        lp, ent = token_logprobs(policy.model, batch, recipe.rollout.temperature, recipe.algorithm.logprob_chunk,
                                  with_entropy="seq_entropies" in needs)  # [N, T]
-    mask = ro.completion_mask.float()
+    mask = batch.token_mask.float()
     count = mask.sum(1).clamp_min(1)
     out = {"seq_logprobs": ((lp * mask).sum(1) / count).cpu()}
     if ent is not None:
@@ -160,17 +148,16 @@ def sequence_stats(policy: Any, ro: Rollouts, recipe: Recipe, needs: set[str]) -
 def advantages_of(t: Trainer, scored: Scored, scores: RewardScores) -> torch.Tensor:
     """Every route from rewards to advantages: GDPO's normalise-then-sum or the recipe's estimator → [N], plus the
     process-reward step returns of `combine: per_step` components → [N, T]."""
-    algo, ro, G = t.recipe.algorithm, scored.ro, t.recipe.rollout.group_size
-    seq_stats = sequence_stats(t.run.policy, ro, t.recipe, estimator_needs(t.advantage_fn, algo.advantage_params))
+    algo, batch, G = t.recipe.algorithm, scored.batch, t.recipe.rollout.group_size
+    seq_stats = sequence_stats(t.run.policy, batch, t.recipe, estimator_needs(t.advantage_fn, algo.advantage_params))
     if t.rewards.mode == "normalize_then_sum":  # GDPO replaces the estimator
         advantages = normalize_then_sum(scored.raws, scores.added, G)
-    elif not len(scored.batch.correct):  # every group dropped: nothing to learn from
+    elif not len(batch.correct):  # every group dropped: nothing to learn from
         advantages = torch.zeros(0)
     else:
-        advantages = t.advantage_fn(AdvantageInputs(
-            rewards=scores.total, group_size=G, lengths=ro.lengths, correct=scored.batch.correct,
-            max_new_tokens=scored.batch.max_new_tokens, eps=algo.adv_eps, **seq_stats), **algo.advantage_params)  # [N]
-    per_step = step_advantages(t.rewards.step_rewards(scored.batch, t.run.tokenizer), G, ro.completion_ids.shape[1])
+        advantages = t.advantage_fn(AdvantageInputs.of(batch, scores.total, algo.adv_eps, **seq_stats),
+                                    **algo.advantage_params)  # [N]
+    per_step = step_advantages(t.rewards.step_rewards(batch, t.run.tokenizer), G, batch.token_ids.shape[1])
     if per_step is not None:  # process supervision: each token also gets its steps' return
         advantages = advantages[:, None] + per_step  # [N, T]
     return advantages
@@ -179,14 +166,14 @@ def advantages_of(t: Trainer, scored: Scored, scores: RewardScores) -> torch.Ten
 # ---------------------------------------------------------------------------------------------- update
 
 
-def policy_update(policy: Any, ro: Rollouts, advantages: torch.Tensor, recipe: Recipe, optimizer: torch.optim.Optimizer,
+def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Recipe, optimizer: torch.optim.Optimizer,
                   params: list[torch.nn.Parameter], step: int) -> dict[str, float]:
     """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics."""
     algo, temperature = recipe.algorithm, recipe.rollout.temperature
     model = policy.model
-    device = ro.completion_ids.device
+    device = ro.token_ids.device
     advantages = advantages.to(device)
-    n = ro.completion_ids.shape[0]
+    n = ro.token_ids.shape[0]
     reuse = algo.epochs > 1 or algo.minibatches > 1
     with torch.no_grad():
         old_logp = token_logprobs(model, ro, temperature, algo.logprob_chunk)[0] if reuse else None  # [N, T]
@@ -205,10 +192,10 @@ def policy_update(policy: Any, ro: Rollouts, advantages: torch.Tensor, recipe: R
             optimizer.zero_grad(set_to_none=True)
             for chunk_rows in length_sorted_chunks(mb, rows_per_chunk(model, mb, algo.logprob_chunk)):
                 part = mb.select(chunk_rows).trimmed()  # similar lengths, padding-only columns dropped
-                rows, width = mb_rows[chunk_rows], part.completion_ids.shape[1]
-                logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.completion_ids,
+                rows, width = mb_rows[chunk_rows], part.token_ids.shape[1]
+                logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.token_ids,
                                             with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, t]
-                mask = part.completion_mask
+                mask = part.token_mask
                 terms = clipped_policy_loss(
                     logp, old_logp[rows, :width] if reuse else logp.detach(),
                     advantages[rows] if advantages.dim() == 1 else advantages[rows, :width], mask,
@@ -237,12 +224,12 @@ def policy_update(policy: Any, ro: Rollouts, advantages: torch.Tensor, recipe: R
     }
 
 
-def update(t: Trainer, ro: Rollouts, advantages: torch.Tensor, step: int) -> dict[str, float]:
+def update(t: Trainer, batch: Batch, advantages: torch.Tensor, step: int) -> dict[str, float]:
     """The policy update (DAPO's overlong filtering first: truncated samples leave the loss), then the LR step."""
     if t.recipe.algorithm.mask_truncated:
-        ro.completion_mask &= ~ro.truncated.to(ro.completion_mask.device)[:, None]
-    if ro.completion_ids.shape[0] and ro.num_tokens:
-        metrics = policy_update(t.run.policy, ro, advantages, t.recipe, t.optimizer, t.params, step)
+        batch.token_mask &= ~batch.truncated.to(batch.token_mask.device)[:, None]
+    if batch.token_ids.shape[0] and batch.num_tokens:
+        metrics = policy_update(t.run.policy, batch, advantages, t.recipe, t.optimizer, t.params, step)
     else:  # nothing to learn from (every group dropped or masked): no optimizer step
         metrics = {"optim/skipped": 1.0}
     with warnings.catch_warnings():  # the LR follows RL steps, skipped or not: torch's order warning is moot
@@ -254,7 +241,7 @@ def update(t: Trainer, ro: Rollouts, advantages: torch.Tensor, step: int) -> dic
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def rollout_metrics(ro: Rollouts, correct: torch.Tensor, bucket_of: Any = None) -> dict[str, float]:
+def rollout_metrics(ro: Batch, correct: torch.Tensor, bucket_of: Any = None) -> dict[str, float]:
     """Accuracy and token lengths of the step's samples: overall, by correctness, by difficulty label and,
     with a tracker's `bucket_of(problem)`, by difficulty bucket (easy / medium / hard)."""
     lengths = ro.lengths.float()
@@ -267,8 +254,8 @@ def rollout_metrics(ro: Rollouts, correct: torch.Tensor, bucket_of: Any = None) 
         "length/correct_mean": lengths[ok].mean().item() if ok.any() else float("nan"),
         "length/wrong_mean": lengths[~ok].mean().item() if (~ok).any() else float("nan"),
         "truncation_rate": ro.truncated.float().mean().item(),
-        "groups/all_correct": ok.view(-1, ro.group_size).all(1).float().mean().item(),
-        "groups/all_wrong": (~ok).view(-1, ro.group_size).all(1).float().mean().item(),
+        "groups/all_correct": ro.grouped(ok).all(1).float().mean().item(),
+        "groups/all_wrong": ro.grouped(~ok).all(1).float().mean().item(),
     }
     difficulty = torch.tensor([p.difficulty if p.difficulty is not None else -1 for p in ro.problems])
     for d in sorted(set(difficulty.tolist()) - {-1}):
@@ -286,11 +273,11 @@ def rollout_metrics(ro: Rollouts, correct: torch.Tensor, bucket_of: Any = None) 
 
 def logged_samples(scored: Scored, scores: RewardScores, step: int, n_prompts: int) -> list[dict[str, Any]]:
     """The first completion of each of the first `n_prompts` groups, with its rewards (samples.jsonl)."""
-    ro, G = scored.ro, scored.ro.group_size
-    return [{"step": step, "prompt": ro.problems[i].prompt, "completion": ro.texts[i], "answer": ro.problems[i].answer,
-             "correct": bool(scored.batch.correct[i]), "length": int(ro.lengths[i]), "truncated": bool(ro.truncated[i]),
+    b, G = scored.batch, scored.batch.group_size
+    return [{"step": step, "prompt": b.problems[i].prompt, "completion": b.completions[i], "answer": b.problems[i].answer,
+             "correct": bool(b.correct[i]), "length": int(b.lengths[i]), "truncated": bool(b.truncated[i]),
              "reward": scores.total[i].item(), **{f"reward/{k}": v[i].item() for k, v in scores.raw.items()}}
-            for i in range(0, min(n_prompts * G, len(ro.texts)), G)]
+            for i in range(0, min(n_prompts * G, len(b.completions)), G)]
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -312,7 +299,7 @@ def rl_step(t: Trainer, step: int) -> StepRecord:
     context = LoopContext(run.model, run.tokenizer, run.task, t.recipe, step, t.monitor, run.device)
 
     scored = generate_and_score(t, step, 0, context, schedule_values)
-    policy_view = rollout_metrics(scored.ro, scored.batch.correct, t.sampler.tracker.bucket)  # first B prompts, unfiltered
+    policy_view = rollout_metrics(scored.batch, scored.batch.correct, t.sampler.tracker.bucket)  # first B prompts, unfiltered
     sampling: dict[str, float] = {}
     if t.recipe.algorithm.dynamic_sampling.enabled:
         scored, sampling = dynamic_sampling(t, step, scored, context, schedule_values)
@@ -321,19 +308,19 @@ def rl_step(t: Trainer, step: int) -> StepRecord:
     scores = t.rewards.combine(scored.raws, step)
     t.rewards.update_multipliers(scored.raws)  # constrained components: λ moves after it is used
     advantages = advantages_of(t, scored, scores)  # [N] or [N, T]
-    update_metrics = update(t, scored.ro, advantages, step)
+    update_metrics = update(t, scored.batch, advantages, step)
     dt = time.perf_counter() - t0
 
-    ro = scored.ro
+    batch = scored.batch
     metrics = {"step": step, **scores.metrics, **policy_view, **update_metrics, **sampling,
                **{f"schedule/{k}": v for k, v in schedule_values.items()},
                "advantage/abs_mean": (advantages.abs().mean() if advantages.dim() == 1 else
-                                      advantages.abs()[ro.completion_mask.cpu()].mean()).item(),
+                                      advantages.abs()[batch.token_mask.cpu()].mean()).item(),
                "optim/lr": t.scheduler.get_last_lr()[0],
-               "perf/step_time": dt, "perf/gen_time": t_gen, "perf/tokens_per_s": int(ro.lengths.sum()) / max(dt, 1e-9)}
+               "perf/step_time": dt, "perf/gen_time": t_gen, "perf/tokens_per_s": int(batch.lengths.sum()) / max(dt, 1e-9)}
     for wc in t.rewards.components:  # e.g. an RM ensemble's member disagreement
         metrics.update({f"reward/{wc.name}/{k}": v for k, v in wc.component.last_metrics().items()})
     metrics.update(t.sampler.metrics())
-    metrics["rollout/max_new_tokens"] = scored.batch.max_new_tokens
+    metrics["rollout/max_new_tokens"] = batch.max_new_tokens
     t.sampler.report(step, metrics)  # stage promotion reads the step's metrics
     return StepRecord(metrics, logged_samples(scored, scores, step, t.recipe.train.log_samples))

@@ -101,6 +101,7 @@ def best_of_n(scorer: Scorer, policy: str = "builtin:tiny-addition", n: int = 16
     """
     from transformers import AutoModelForCausalLM
 
+    from rshape.batch import verify
     from rshape.models import load_tokenizer, resolve_model_path
     from rshape.rl.rollout import rollout
     from rshape.rl.sampling import sample_keys
@@ -121,8 +122,8 @@ def best_of_n(scorer: Scorer, policy: str = "builtin:tiny-addition", n: int = 16
         keys = sample_keys(seed, 0, [p.id for p in chunk for _ in range(n)], [g for _ in chunk for g in range(n)])
         ro = rollout(model, tok, chunk, group_size=n, max_new_tokens=max_new_tokens, keys=keys,
                      temperature=temperature, device=device)
-        correct.append(torch.tensor([float(task.verify(t, p)) for t, p in zip(ro.texts, ro.problems)]).view(-1, n))
-        s, _ = _score(scorer, [p.prompt for p in ro.problems], ro.texts, batch_size)
+        correct.append(ro.grouped(verify(ro, task)))
+        s, _ = _score(scorer, [p.prompt for p in ro.problems], ro.completions, batch_size)
         rewards.append(s.view(-1, n))
         lengths.append(ro.lengths.float().view(-1, n))
     R, C, L = torch.cat(rewards), torch.cat(correct), torch.cat(lengths)
