@@ -1,7 +1,10 @@
 """Composition: weights, schedules, gates, multipliers, normalize_then_sum, user functions, errors."""
 
+import math
+
 import pytest
 import torch
+from conftest import make_reward_batch
 from conftest import make_reward_batch as make_batch
 
 from rshape.rewards import RewardConfigError, RewardRuntimeError, build_rewards
@@ -155,3 +158,38 @@ def test_constraint_lagrange_multiplier_by_hand():
     assert s.total.tolist() == pytest.approx([-0.5, 0.0, 1 / 6, 0.5])  # −λ·kimi with λ = 1
     with pytest.raises(RewardConfigError, match="expected"):
         build_rewards({"correctness": {"constraint": {"above": 1}}})
+
+
+def test_rewards_stay_float64_to_the_total():
+    """0.3 comes back as 0.3, not 0.30000001192 (float32): components, weights and the sum are float64."""
+    rs = build_rewards({"correctness": {"correct_score": 0.3, "wrong_score": -0.1, "weight": 0.7},
+                        "stop": {"type": "stop_properly", "coef": 0.1}})
+    s = rs.score(make_reward_batch([3, 4, 5, 6], [1, 0, 1, 0], 2, truncated=[False, False, True, False]))
+    assert s.total.dtype == torch.float64 and s.raw["correctness"].dtype == torch.float64
+    assert s.total.tolist() == [0.7 * 0.3, 0.7 * -0.1, 0.7 * 0.3 * 0.1, 0.7 * -0.1]
+    assert s.metrics["reward/correctness/raw"] == (0.3 - 0.1 + 0.3 - 0.1) / 4
+
+
+def test_hapo_length_weight_is_its_own_parameter():
+    """HAPO's length weight is `length_weight`; the entry's `weight` scales the whole reward (c + w·r_len)."""
+    def first_two_steps(spec):
+        rs = build_rewards({"hapo": spec})
+        rs.score(make_reward_batch([20, 40], [1, 1], 2, prompt_ids=["a", "a"]))  # history h = 20
+        return rs.score(make_reward_batch([10, 30], [1, 0], 2, prompt_ids=["a", "a"], step=1)).total.tolist()
+
+    s, w = math.cos(math.pi / 4), math.cos(3 * math.pi / 4)  # L/h = 0.5 (correct), 1.5 (wrong: min(s, 0))
+    assert first_two_steps({"type": "hapo", "length_weight": 0.5}) == pytest.approx([1 + 0.5 * s, 0.5 * w], rel=1e-12)
+    assert first_two_steps({"type": "hapo", "weight": 0.5}) == pytest.approx([0.5 * (1 + s), 0.5 * w], rel=1e-12)
+
+
+def test_a_parameter_named_like_an_entry_key_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "clash_rewards.py").write_text(
+        "from rshape.rewards.base import RewardComponent\n\n"
+        "class Clash(RewardComponent):\n"
+        "    weight: float = 1.0\n    gate: int = 0\n\n"
+        "    def __call__(self, batch, **_):\n        return batch.lengths.double()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RewardConfigError) as exc:
+        build_rewards({"c": {"type": "clash_rewards:Clash"}})
+    assert exc.value.problems == [(("rewards", "c", "type"), "clash_rewards:Clash has a parameter named like an entry "
+                                   "key (gate, weight); rename the parameter")]

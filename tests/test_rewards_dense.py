@@ -557,7 +557,7 @@ def test_registry_tables_and_pickling_and_extra_kwargs():
     for comp in comps:
         again = pickle.loads(pickle.dumps(comp))
         want = comp(b)
-        assert want.shape == (2,) and want.dtype == torch.float
+        assert want.shape == (2,) and want.dtype == torch.float64
         assert again(b, step=3, unused="x").tolist() == want.tolist()
         assert comp.state_dict() == {}
 

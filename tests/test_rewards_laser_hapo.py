@@ -411,7 +411,7 @@ def test_laser_family_pickles_ignores_kwargs_and_rejects_bad_params():
         again = pickle.loads(pickle.dumps(comp))
         b2 = training_batch(2, None)
         assert again(b2).tolist() == comp(b2).tolist()
-        assert first.shape == (9,) and first.dtype == torch.float32
+        assert first.shape == (9,) and first.dtype == torch.float64
     for cls, bad, field in [(Laser, {"alpha": -1}, "alpha"), (Laser, {"variant": "cliff"}, "variant"),
                             (Laser, {"target_length": 0}, "target_length"), (LaserD, {"update_every": 0}, "update_every"),
                             (LaserD, {"monitor": "policy"}, "monitor"), (LaserDE, {"grid_step": -8}, "grid_step"),
@@ -511,7 +511,7 @@ def test_hapo_two_steps_by_hand_cosine():
     # h = 20: cos(π/4) = 0.7071; cos(π/2) = 0; wrong cos(3π/4) = −0.7071; L ≥ 2h → −1 → max(−1, −0.7)
     assert hapo(s2).tolist() == pytest.approx([1 + math.sqrt(0.5), 1.0, -math.sqrt(0.5), 0.3], abs=1e-6)
     assert hapo.history() == {"a": 10.0}
-    half = Hapo(weight=0.5)
+    half = Hapo(length_weight=0.5)
     half(s1)
     assert half(s2).tolist() == pytest.approx([1 + 0.5 * math.sqrt(0.5), 1.0, -0.5 * math.sqrt(0.5), 0.65], abs=1e-6)
 
@@ -538,7 +538,7 @@ def test_hapo_agrees_with_reference_code():
     for shape in ("cosine", "linear"):
         for mode in ("min", "mean"):
             w = rng.choice([1.0, 0.5, 0.3])
-            hapo, ref = Hapo(shape=shape, mode=mode, weight=w), RefTracker(w, shape, mode)
+            hapo, ref = Hapo(shape=shape, mode=mode, length_weight=w), RefTracker(w, shape, mode)
             for step in range(8):
                 G = 4
                 # one group per prompt and batch, as in the code's setting (its per-completion loop then

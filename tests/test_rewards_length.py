@@ -153,6 +153,16 @@ def test_cosine_matches_reference_code():
         assert CosineLength(**custom)(b).tolist() == pytest.approx(want, abs=1e-6)
 
 
+def test_cosine_values_in_any_order_as_trl():
+    """TRL accepts min_value_correct > max_value_correct: longer correct answers then earn more."""
+    b = make_batch([0, 64, 128, 0], [1, 1, 1, 0], 4, max_new_tokens=128)
+    r = CosineLength(min_value_correct=1.0, max_value_correct=0.5, min_value_wrong=-0.5, max_value_wrong=-1.0)(b)
+    assert r.tolist() == pytest.approx([0.5, 0.75, 1.0, -0.5], rel=1e-12)  # v_lo + ½(v_hi − v_lo)(1 + cos πp)
+    assert r.tolist() == pytest.approx([ref_cosine(L, c, 128, min_value_wrong=-0.5, max_value_wrong=-1.0,
+                                                   min_value_correct=1.0, max_value_correct=0.5)
+                                        for L, c in zip([0, 64, 128, 0], [1, 1, 1, 0])], rel=1e-12)
+
+
 def test_cosine_properties():
     lengths = list(range(0, 130, 5))
     n = len(lengths)
@@ -183,11 +193,13 @@ def test_dapo_overlong_by_hand():
     assert DapoOverlong()(b).tolist() == pytest.approx([0, 0, -0.2, -0.6, -1.0, -1.0])
     assert DapoOverlong(max_len=200, cache_len=100)(b).tolist() == pytest.approx([0, 0, 0, 0, 0, -0.2])
     assert DapoOverlong(cache_len=20, penalty_factor=0.5)(b).tolist()[3] == pytest.approx(-0.25)
+    # cache_len 0: a hard step at max_len (0 up to it, −1 above), as TRL computes it
+    assert DapoOverlong(max_len=80, cache_len=0)(b).tolist() == [0, 0, 0, -1.0, -1.0, -1.0]
 
 
 def test_dapo_overlong_matches_trl_and_openrlhf():
     rng = random.Random(1)
-    for cache in (1, 16, 64, 128):
+    for cache in (0, 1, 16, 64, 128):  # 0: TRL's hard step (no soft zone)
         b, lengths, _, _ = random_batch(rng, 2, 8, max_len=128, max_new_tokens=128)
         got = DapoOverlong(cache_len=cache)(b).tolist()
         assert got == pytest.approx([ref_trl_soft_overlong(L, 128, cache) for L in lengths], abs=1e-6)
@@ -416,7 +428,7 @@ def test_pickle_extra_kwargs_and_empty_completions():
                    truncated=[False, False, True, False], max_new_tokens=128)
     for comp in ALL:
         r = comp(b, unused="x", step=3)
-        assert r.shape == (4,) and r.dtype == torch.float32 and torch.isfinite(r).all(), type(comp).__name__
+        assert r.shape == (4,) and r.dtype == torch.float64 and torch.isfinite(r).all(), type(comp).__name__
         again = pickle.loads(pickle.dumps(comp))
         assert again(b).tolist() == r.tolist()
 
@@ -431,7 +443,6 @@ def test_group_relative_rewards_ignore_other_groups():
 
 
 @pytest.mark.parametrize("cls, params, field", [
-    (CosineLength, {"min_value_correct": 2.0}, "max_value_correct"),
     (CosineLength, {"max_len": 0}, "max_len"),
     (DapoOverlong, {"cache_len": -1}, "cache_len"),
     (DapoOverlong, {"penalty_factor": -1}, "penalty_factor"),
@@ -451,3 +462,25 @@ def test_bad_parameters_name_the_field(cls, params, field):
     with pytest.raises(ValidationError) as exc:
         cls.model_validate(params)
     assert field in str(exc.value)
+
+
+def test_laser_third_score_level_for_unparsed_answers():
+    """Laser scores correct 1, wrong-but-formatted −0.5, unparsed −1 and gives unparsed answers no length term."""
+    from rshape.rewards.correctness import Correctness
+
+    texts = ["<answer>3</answer>", "<answer>4</answer>", "x" * 30, "no tags at all"]
+    b = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 4, completions=texts)
+    b.completions[1] = "\\boxed{5}"  # parsed through \boxed{}
+    assert Correctness(wrong_score=-0.5, unparsed_score=-1.0)(b).tolist() == [1.0, 1.0, -1.0, -1.0]
+    assert Correctness(wrong_score=-0.5)(b).tolist() == [1.0, 1.0, -0.5, -0.5]
+    # Kimi: λ = 0.5 − (L − 10)/30 = 0.5, 1/6, −1/6, −0.5; wrong → min(0, λ), unparsed → unparsed_score
+    lam = [0.5 - (L - 10) / 30 for L in (10, 20, 30, 40)]
+    assert KimiLength()(b).tolist() == pytest.approx([lam[0], lam[1], lam[2], lam[3]], rel=1e-12)
+    assert KimiLength(unparsed_score=0.0)(b).tolist() == pytest.approx([lam[0], lam[1], 0.0, 0.0], rel=1e-12)
+    # self-normalised: μ = 15, s = √50 over the two correct lengths; wrong → −0.5 or, unparsed, −1
+    s = math.sqrt(50) + 1e-6
+    want = [1 - 0.4 / (1 + math.exp(-(L - 15) / s)) for L in (10, 20)]
+    got = SelfNormalizedLength(wrong_score=-0.5, unparsed_score=-1.0)(b).tolist()
+    assert got == pytest.approx(want + [-1.0, -1.0], rel=1e-12)
+    parsed_wrong = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 4, completions=texts[:2] + ["<answer>9</answer>"] * 2)
+    assert SelfNormalizedLength(wrong_score=-0.5, unparsed_score=-1.0)(parsed_wrong).tolist()[2:] == [-0.5, -0.5]

@@ -301,7 +301,7 @@ def test_resume_of_a_finished_run_is_refused(random_model_dir, tmp_path):
 
 def test_hapo_history_survives_checkpoint_and_resume(tmp_path):
     """HAPO's per-prompt history is saved in checkpoints and restored: resumed == straight, history non-empty."""
-    over = {"model.name": "builtin:tiny-addition", "rewards": {"hapo": {"type": "hapo", "weight": 1.0}},
+    over = {"model.name": "builtin:tiny-addition", "rewards": {"hapo": {"type": "hapo", "length_weight": 1.0}},
             "task.difficulties": [1], "task.train_per_difficulty": 6, "rollout.max_new_tokens": 40}
     train(tiny_recipe(None, tmp_path / "straight", steps=4, **over))
     train(tiny_recipe(None, tmp_path / "split", steps=2, **over))

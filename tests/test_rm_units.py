@@ -262,9 +262,13 @@ def test_par_and_lsc_by_hand():
     assert par.last_metrics()["ref_mean"] == pytest.approx(2.0)
     par2 = _component(FakeRM(table), transform="par", sigmoid_k=2.0, max_references=1)
     assert par2(batch).item() == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-6)  # σ(2·(2 − 1)), first reference only
-    lsc = _component(FakeRM(table), transform="lsc")
-    r_ref = 2.0 + 1.0364333894937898 * 1.0  # mean + z_0.85·std (the PAR repo's NORMAL_85TH_PERCENTILE)
-    assert lsc(batch).item() == pytest.approx(math.log(1 / (1 + math.exp(-(2.0 - r_ref)))), abs=1e-5)
+    z85 = 1.0364333894937898  # the PAR repo's NORMAL_85TH_PERCENTILE
+    for max_refs in (10, 1):  # LSC fits its normal to every reference, whatever max_references says
+        lsc = _component(FakeRM(table), transform="lsc", max_references=max_refs)
+        r_ref = 2.0 + z85 * (math.sqrt(2.0) + 1e-5)  # mean + z·(sample std + 1e-5): ((1−2)² + (3−2)²)/(2−1) = 2
+        assert lsc(batch).item() == pytest.approx(math.log(1 / (1 + math.exp(-(2.0 - r_ref)))), rel=1e-12)
+    one = _component(FakeRM(table), transform="lsc")(_batch(["y"], refs=["ref_a"]))
+    assert one.item() == pytest.approx(math.log(1 / (1 + math.exp(-(2.0 - (1.0 + z85 * 1e-5))))), rel=1e-12)
     # references from reference_fn, then the template; reference rewards are cached
     fake = FakeRM({"y": 2.0, "ans=7": 1.0})
     tmpl = _component(fake, transform="par", reference_template="ans={answer}")

@@ -111,6 +111,11 @@ def build_rewards(specs: Mapping[str, Any], mode: str = "sum_then_normalize") ->
         else:
             problems.append(((*where, "weight"), f"a number or a schedule, got {raw_weight!r}"))
         is_user = not (isinstance(cls, type) and issubclass(cls, RewardComponent))
+        clash = [] if is_user else sorted(set(cls.model_fields) & set(RESERVED_KEYS))
+        if clash:  # the entry consumes these keys, so the component could never receive them
+            problems.append(((*where, "type"), f"{type_name} has a parameter named like an entry key "
+                             f"({', '.join(clash)}); rename the parameter"))
+            continue
         if is_user:
             if not callable(cls) or isinstance(cls, type):
                 problems.append(((*where, "type"), f"{type_name} is neither a RewardComponent nor a function"))

@@ -133,7 +133,7 @@ class RewardSet:
         except Exception as exc:
             raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
                                      f"{type(exc).__name__}: {exc}") from exc
-        raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).cpu()
+        raw = torch.as_tensor(raw, dtype=torch.float64).reshape(-1).cpu()  # float64 from component to total
         if raw.numel() != n:
             raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) returned {raw.numel()} values for {n} completions")
         return raw
@@ -166,7 +166,7 @@ class RewardSet:
         """The total (and metrics) from raw component values: a pure function of its inputs."""
         n = next(iter(raws.values())).numel()
         metrics: dict[str, float] = {}
-        added = torch.zeros(n)
+        added = torch.zeros(n, dtype=torch.float64)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         multipliers = []
         for wc in self.components:

@@ -8,7 +8,7 @@ import torch
 
 from rshape.batch import Batch
 from rshape.rewards.base import REWARDS, RewardComponent
-from rshape.tasks.verifiers import VERIFIERS
+from rshape.tasks.verifiers import VERIFIERS, extract_answer
 
 
 @REWARDS.register("correctness")
@@ -31,7 +31,10 @@ class Correctness(RewardComponent):
     correct_score: float = 1.0
     """Reward of a correct completion."""
     wrong_score: float = 0.0
-    """Reward of a wrong (or unparseable) completion."""
+    """Reward of a wrong completion (and of an unparsable one unless `unparsed_score` is set)."""
+    unparsed_score: float | None = None
+    """Reward of a wrong completion with no extractable answer (no `<answer>` tag or `\\boxed{}`); None:
+    wrong_score. Laser's scoring: correct 1, wrong −0.5, unparsed −1."""
     verifier: Literal["task", "exact", "numeric", "math"] = "task"
     """`task`: the task's own verdict (batch.correct); `exact`, `numeric`, `math`: re-check against problem.answer."""
 
@@ -43,4 +46,9 @@ class Correctness(RewardComponent):
         return torch.tensor([bool(check(t, p)) for t, p in zip(batch.completions, batch.problems)], dtype=torch.bool)
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
-        return torch.where(self.verdicts(batch), self.correct_score, self.wrong_score).float()
+        ok = self.verdicts(batch)  # [N] bool
+        r = torch.where(ok, torch.tensor(float(self.correct_score), dtype=torch.float64), float(self.wrong_score))
+        if self.unparsed_score is not None:
+            unparsed = torch.tensor([extract_answer(t) is None for t in batch.completions]) & ~ok
+            r = torch.where(unparsed, torch.tensor(float(self.unparsed_score), dtype=torch.float64), r)
+        return r

@@ -68,7 +68,7 @@ class SelfAlignedReward(RewardComponent):
         r = torch.zeros(n, dtype=torch.float64)
         rows = [i for i in range(n) if len(batch.completion_ids[i]) > 0]  # empty completions keep R_SA = 0
         if not rows:
-            return r.float()
+            return r.double()
         ids = [list(batch.completion_ids[i]) for i in rows]
         with_q = batch.context.logprobs([batch.prompts[i] for i in rows], ids)
         without_q = batch.context.logprobs([empty_question_prompt(batch.prompts[i], self.empty_prompt) for i in rows], ids)
@@ -81,12 +81,12 @@ class SelfAlignedReward(RewardComponent):
             nll_qa, nll_a = -lq.mean(), -la.mean()
             value = (1.0 - torch.exp(nll_qa - nll_a)).clamp(-1.0, 1.0)
             r[i] = 0.0 if torch.isnan(value) else value
-        return r.float()
+        return r.double()
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         r = self.alpha * self.self_aligned(batch)
         if self.include_correctness:
-            r = r + batch.correct.float()
+            r = r + batch.correct.double()
         return r
 
 
@@ -193,7 +193,7 @@ class PhaseEntropy(RewardComponent):
             h_answer = h[e + 1 :].mean() if e + 1 < L else torch.tensor(0.0, dtype=torch.float64)
             p = (h_think - self.alpha * h_answer).clamp(min=0.0)
             out[i] = torch.clamp(1.0 - p, max=1.0)
-        return out.float()
+        return out.double()
 
 
 @REWARDS.register("repetition")
@@ -230,7 +230,7 @@ class RepetitionPenalty(RewardComponent):
             seqs = [text.lower().split() for text in batch.completions]
         else:
             seqs = [list(ids) for ids in batch.completion_ids]
-        return torch.tensor([self.penalty(s) for s in seqs], dtype=torch.float)
+        return torch.tensor([self.penalty(s) for s in seqs], dtype=torch.float64)
 
 
 @REWARDS.register("cost")
@@ -251,7 +251,7 @@ class CostPenalty(RewardComponent):
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         if self.cost_key is None:
-            return -self.rate * batch.lengths.float()
+            return -self.rate * batch.lengths.double()
         costs = []
         for i, p in enumerate(batch.problems):
             if self.cost_key not in p.meta:
@@ -261,4 +261,4 @@ class CostPenalty(RewardComponent):
                 costs.append(float(value))
             except (TypeError, ValueError):
                 raise ValueError(f"cost: sample {i} (problem {p.id!r}) has a non-numeric {self.cost_key!r}: {value!r}") from None
-        return -self.rate * torch.tensor(costs, dtype=torch.float)
+        return -self.rate * torch.tensor(costs, dtype=torch.float64)

@@ -40,7 +40,7 @@ class Format(RewardComponent):
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         rx = re.compile(self.pattern, re.DOTALL)
-        return torch.tensor([1.0 if rx.match(c) else 0.0 for c in batch.completions])
+        return torch.tensor([1.0 if rx.match(c) else 0.0 for c in batch.completions], dtype=torch.float64)
 
 
 OPEN_R1_TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
@@ -74,4 +74,4 @@ class TagCount(RewardComponent):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         each = self.per_tag if self.per_tag is not None else 1.0 / len(self.tags)
         return torch.tensor([each * sum(1 for t in self.tags if c.count(t) == 1) for c in batch.completions],
-                            dtype=torch.float)
+                            dtype=torch.float64)

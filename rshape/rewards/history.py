@@ -48,9 +48,10 @@ class Hapo(RewardComponent):
     linear: the code's piecewise-linear variant with a 10% tolerance band (see `hapo_length_term`).
     As in the code (`combined_reward_func`), the batch is scored against the history *before* it, then h
     is updated with the batch's correct lengths; h = 0 (an empty correct answer) counts as no history, as
-    in the code's `history_len > 0` test. `mode: mean` tracks the running mean of correct lengths instead (the
-    code repeats its mean update once per completion of the prompt, which gives this same running mean when
-    each prompt appears in one group per batch).
+    in the code's `history_len > 0` test. `mode: mean` keeps the exact running mean of the correct lengths seen,
+    as a float. The code's mean mode repeats its update once per completion of the prompt, so its count grows G×
+    per step (the mean comes out the same when a prompt appears in one group per batch), and it stores h
+    truncated to an integer, which rshape does not.
     The code's optional repetition term (rep_penalty = 0 by default) is left to a separate component.
     Source: Huang et al., "HAPO: Training Language Models to Reason Concisely via History-Aware Policy
     Optimization" (arXiv 2505.11225), compared against HCY123902/HAPO `utils.py` and `grpo_trainer.py`
@@ -63,8 +64,8 @@ class Hapo(RewardComponent):
     )
     source: ClassVar[str] = 'HAPO, arXiv 2505.11225'
 
-    weight: float = Field(1.0, ge=0.0, le=1.0)
-    """w: weight of the length term (HAPO: w_lr = 1.0)."""
+    length_weight: float = Field(1.0, ge=0.0, le=1.0)
+    """w: weight of the length term (HAPO: w_lr = 1.0); the entry's `weight` scales the whole reward."""
     shape: Literal["cosine", "linear"] = "cosine"
     """Length term: `cosine` (HAPO default) or `linear`."""
     tolerance: float = Field(0.1, ge=0.0)
@@ -99,7 +100,7 @@ class Hapo(RewardComponent):
         out = []
         for L, c, pid in zip(lengths, correct, ids):
             r_len = hapo_length_term(float(L), self._history.get(pid), c, self.shape, self.tolerance, self.correct_floor)
-            out.append((1.0 if c and self.include_correctness else 0.0) + self.weight * r_len)
+            out.append((1.0 if c and self.include_correctness else 0.0) + self.length_weight * r_len)
         # update the history after scoring, with this batch's correct lengths
         new: dict[str, list[int]] = defaultdict(list)
         for L, c, pid in zip(lengths, correct, ids):
@@ -118,4 +119,4 @@ class Hapo(RewardComponent):
                     ratio = len(lens) / (count + len(lens))
                     self._history[pid] = ratio * mean + (1 - ratio) * self._history[pid]
                 self._counts[pid] = count + len(lens)
-        return torch.tensor(out, dtype=torch.float)
+        return torch.tensor(out, dtype=torch.float64)

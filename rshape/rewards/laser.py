@@ -167,15 +167,16 @@ class _LaserBase(RewardComponent):
         """(C [N], correct [N] bool, parsed [N] bool)."""
         correct = batch.correct > 0
         parsed = torch.tensor([extract_answer(t) is not None for t in batch.completions], dtype=torch.bool)
-        c = torch.where(correct, torch.tensor(float(self.correct_score)), torch.tensor(float(self.wrong_score)))
+        c = torch.where(correct, torch.tensor(float(self.correct_score), dtype=torch.float64),
+                        torch.tensor(float(self.wrong_score), dtype=torch.float64))
         if self.unparsed_score is not None:
-            c = torch.where(~correct & ~parsed, torch.tensor(float(self.unparsed_score)), c)
-        return c.float(), correct, parsed
+            c = torch.where(~correct & ~parsed, torch.tensor(float(self.unparsed_score), dtype=torch.float64), c)
+        return c, correct, parsed
 
 
 def _length_term(variant: str, alpha: float, correct: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
     """Laser's length term for correct answers: step +α within, penalty −α beyond, hybrid both."""
-    zero = torch.zeros(correct.shape)
+    zero = torch.zeros(correct.shape, dtype=torch.float64)
     if variant == "step":
         return torch.where(correct & within, alpha, zero)
     if variant == "penalty":
@@ -213,7 +214,7 @@ class Laser(_LaserBase):
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         c, correct, _parsed = self._base(batch)
-        within = batch.lengths.float() <= self.target(batch)
+        within = batch.lengths.double() <= self.target(batch)
         return c + _length_term(self.variant, float(self.alpha), correct, within)
 
 
@@ -279,13 +280,13 @@ class _DifficultyLaser(_LaserBase):
         if targets is None:
             init = self.initial_target if self.initial_target is not None else batch.schedule.get("budget")
             targets = {b: init for b in BUCKETS}
-        counts = batch.grouped(correct.float()).sum(dim=1).round().long().tolist()  # [B]
+        counts = batch.grouped(correct.double()).sum(dim=1).round().long().tolist()  # [B]
         G = batch.group_size
         out = []
         for k in counts:
             t = targets[_bucket_of_group(int(k), G)]
             out.extend([math.inf if t is None else float(t)] * G)
-        return torch.tensor(out)
+        return torch.tensor(out, dtype=torch.float64)
 
 
 @REWARDS.register("laser_d")
@@ -317,7 +318,7 @@ class LaserD(_DifficultyLaser):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         self._maybe_refresh(batch)
         c, correct, _parsed = self._base(batch)
-        within = batch.lengths.float() <= self._per_sample_targets(batch, correct)
+        within = batch.lengths.double() <= self._per_sample_targets(batch, correct)
         return c + _length_term(self.variant, float(self.alpha), correct, within)
 
 
@@ -343,10 +344,10 @@ class LaserDE(_DifficultyLaser):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         self._maybe_refresh(batch)
         c, correct, parsed = self._base(batch)
-        lengths = batch.lengths.float()
+        lengths = batch.lengths.double()
         targets = self._per_sample_targets(batch, correct)
         alpha = float(self.alpha)
-        bonus = torch.where(correct & (lengths <= targets), alpha, 0.0)
+        bonus = torch.where(correct & (lengths <= targets), torch.tensor(alpha, dtype=torch.float64), 0.0)
         explore = ~correct & (lengths > targets) & parsed & ~batch.truncated.bool()
         for i in torch.nonzero(explore).flatten().tolist():
             ids = batch.completion_ids[i][: int(batch.lengths[i])]

@@ -6,11 +6,12 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rshape.batch import Batch
 from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.rewards.combine import apply_multiplier  # noqa: F401  (documented here)
+from rshape.tasks.verifiers import extract_answer
 
 
 @REWARDS.register("kimi_length")
@@ -19,6 +20,8 @@ class KimiLength(RewardComponent):
 
     λ_i = 0.5 − (L_i − L_min)/(L_max − L_min), with L_min, L_max over the G siblings;
     r_i = λ_i if correct else min(0, λ_i); r_i = 0 for the whole group when L_max = L_min.
+    `unparsed_score` set: a completion with no extractable answer gets that value instead (Laser's code gives
+    unparsed answers no length term: 0, next to a correctness entry scoring them −1).
     Source: Kimi k1.5 (arXiv 2501.12599) §2.3.3, as coded in Laser and open-r1 (METHODS.md §2);
     unlike open-r1 the min/max are per prompt group, not over the flat batch, and lengths are tokens.
     """
@@ -29,20 +32,33 @@ class KimiLength(RewardComponent):
     )
     source: ClassVar[str] = 'Kimi k1.5, arXiv 2501.12599'
 
+    unparsed_score: float | None = None
+    """The value of a wrong completion with no extractable answer (no `<answer>` tag or `\\boxed{}`) instead of
+    min(0, λ); None: no special case. Laser: 0 (its unparsed answers keep their −1 score)."""
+
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
-        lengths = batch.grouped(batch.lengths.float())  # [B, G]
+        lengths = batch.grouped(batch.lengths.double())  # [B, G]
         correct = batch.grouped(batch.correct) > 0  # [B, G]
         lo = lengths.min(dim=1, keepdim=True).values  # [B, 1]
         hi = lengths.max(dim=1, keepdim=True).values  # [B, 1]
         span = hi - lo
         lam = 0.5 - (lengths - lo) / span.clamp_min(1e-12)  # [B, G]
         r = torch.where(correct, lam, lam.clamp(max=0.0))
-        r = torch.where(span > 0, r, torch.zeros_like(r))
-        return r.reshape(-1)
+        r = torch.where(span > 0, r, torch.zeros_like(r)).reshape(-1)  # [N]
+        return _with_unparsed(r, batch, self.unparsed_score)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers shared by the components below.
+
+
+def _with_unparsed(r: torch.Tensor, batch: Batch, unparsed_score: float | None) -> torch.Tensor:
+    """r with `unparsed_score` for the wrong completions that have no extractable answer (Laser's third score
+    level); r itself when unparsed_score is None."""
+    if unparsed_score is None:
+        return r
+    unparsed = torch.tensor([extract_answer(t) is None for t in batch.completions]) & ~(batch.correct > 0)  # [N]
+    return torch.where(unparsed, torch.tensor(float(unparsed_score), dtype=torch.float64), r)
 
 
 def _limit(value: float | None, batch: Batch, owner: str, field: str) -> float:
@@ -91,7 +107,8 @@ class CosineLength(RewardComponent):
     `openrlhf/openrlhf/reward/cosine.py` (same formula for L ≤ L_max). Differences: lengths are tokens
     (open-r1 counts characters), p is clipped at 1 as in METHODS.md (the codes let cos wrap around past
     L_max), and the authors' `exceed_length` value for completions that hit the limit is the optional
-    `exceed_value` here, applied to truncated completions (off by default, like open-r1/TRL).
+    `exceed_value` here, applied to truncated completions (off by default, like open-r1/TRL). The values may come
+    in any order, as in TRL: `min_value_correct > max_value_correct` rewards longer correct answers.
     """
 
     summary: ClassVar[str] = (
@@ -112,26 +129,17 @@ class CosineLength(RewardComponent):
     exceed_value: float | None = None
     """If set, the reward of every truncated completion (the authors' `exceed_length`); None = off."""
 
-    @model_validator(mode="after")
-    def _ordered(self) -> CosineLength:
-        if self.min_value_wrong > self.max_value_wrong:
-            raise ValueError(f"min_value_wrong ({self.min_value_wrong}) must be ≤ max_value_wrong ({self.max_value_wrong})")
-        if self.min_value_correct > self.max_value_correct:
-            raise ValueError(f"min_value_correct ({self.min_value_correct}) must be ≤ "
-                             f"max_value_correct ({self.max_value_correct})")
-        return self
-
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         l_max = _limit(self.max_len, batch, "cosine", "max_len")
         lengths = batch.lengths.double()
         correct = batch.correct > 0
         cosine = torch.cos(math.pi * (lengths / l_max).clamp(max=1.0))
-        lo = torch.where(correct, self.min_value_correct, self.max_value_wrong).double()
-        hi = torch.where(correct, self.max_value_correct, self.min_value_wrong).double()
+        lo = torch.where(correct, torch.tensor(float(self.min_value_correct), dtype=torch.float64), float(self.max_value_wrong))
+        hi = torch.where(correct, torch.tensor(float(self.max_value_correct), dtype=torch.float64), float(self.min_value_wrong))
         r = lo + 0.5 * (hi - lo) * (1.0 + cosine)
         if self.exceed_value is not None:
             r = torch.where(batch.truncated.bool(), torch.full_like(r, self.exceed_value), r)
-        return r.float()
+        return r.double()
 
 
 class _TargetLength(RewardComponent):
@@ -182,7 +190,7 @@ class LcpoExact(_TargetLength):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         n_t = self.targets(batch, "lcpo_exact")
         c = (batch.correct > 0).double()
-        return (c - self.alpha * (n_t - batch.lengths.double()).abs()).float()
+        return (c - self.alpha * (n_t - batch.lengths.double()).abs()).double()
 
 
 @REWARDS.register("lcpo_max")
@@ -208,7 +216,7 @@ class LcpoMax(_TargetLength):
         n_t = self.targets(batch, "lcpo_max")
         c = (batch.correct > 0).double()
         term = (self.alpha * (n_t - batch.lengths.double()) + self.delta).clamp(0.0, 1.0)
-        return (c * term).float()
+        return (c * term).double()
 
 
 @REWARDS.register("shorter_better")
@@ -235,7 +243,7 @@ class ShorterBetter(RewardComponent):
         shortest = torch.where(correct, lengths, torch.full_like(lengths, math.inf)).min(dim=1, keepdim=True).values
         sol = torch.where(correct.any(dim=1, keepdim=True), shortest, lengths.mean(dim=1, keepdim=True))
         r = self.alpha * correct.double() - self.beta * (lengths - sol).abs()
-        return r.reshape(-1).float()
+        return r.reshape(-1).double()
 
 
 @REWARDS.register("self_normalized")
@@ -259,6 +267,8 @@ class SelfNormalizedLength(RewardComponent):
     """Strength of the penalty (a correct answer scores in [1 − α, 1])."""
     wrong_score: float = 0.0
     """Reward of a wrong answer (Laser's correctness scoring uses −0.5)."""
+    unparsed_score: float | None = None
+    """Reward of a wrong answer with no extractable answer; None: wrong_score. Laser: −1."""
     eps: float = Field(1e-6, ge=0)
     """Added to the std (Laser's epsilon)."""
 
@@ -266,8 +276,8 @@ class SelfNormalizedLength(RewardComponent):
         lengths = batch.grouped(batch.lengths.double())
         correct = batch.grouped(batch.correct) > 0
         r = _self_normalized(lengths, correct, self.alpha, self.eps)
-        r = torch.where(correct, r, torch.full_like(r, self.wrong_score))
-        return r.reshape(-1).float()
+        r = torch.where(correct, r, torch.full_like(r, self.wrong_score)).reshape(-1)
+        return _with_unparsed(r, batch, self.unparsed_score)
 
 
 @REWARDS.register("grpo_lambda")
@@ -306,7 +316,7 @@ class GrpoLambda(RewardComponent):
         selected[order[:k]] = True
         penalised = _self_normalized(lengths, correct, self.alpha, self.eps)
         r = torch.where(selected[:, None], penalised, correct.double())
-        return r.reshape(-1).float()
+        return r.reshape(-1).double()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,8 +341,8 @@ class DapoOverlong(RewardComponent):
 
     max_len: float | None = Field(None, gt=0)
     """L_max in tokens; None = the generation limit (batch.max_new_tokens)."""
-    cache_len: float | None = Field(None, gt=0)
-    """L_c, the soft-penalty zone before L_max; None = max_len // 4."""
+    cache_len: float | None = Field(None, ge=0)
+    """L_c, the soft-penalty zone before L_max; None = max_len // 4; 0 = a hard step (0 up to L_max, −1 above), as TRL."""
     penalty_factor: float = Field(1.0, ge=0)
     """The penalty at L ≥ L_max (verl/OpenRLHF `overlong_penalty_factor`)."""
 
@@ -341,8 +351,11 @@ class DapoOverlong(RewardComponent):
         cache = float(self.cache_len) if self.cache_len is not None else float(max(1, int(l_max) // 4))
         if cache > l_max:
             raise ValueError(f"dapo_overlong: cache_len ({cache:g}) must be ≤ max_len ({l_max:g})")
-        over = (batch.lengths.double() - (l_max - cache)) / cache
-        return (-self.penalty_factor * over.clamp(0.0, 1.0)).float()
+        lengths = batch.lengths.double()
+        if cache == 0:  # TRL's limit case: no soft zone
+            return -self.penalty_factor * (lengths > l_max).double()
+        over = (lengths - (l_max - cache)) / cache
+        return -self.penalty_factor * over.clamp(0.0, 1.0)
 
 
 @REWARDS.register("tlts_length")
@@ -383,7 +396,7 @@ class TltsLength(RewardComponent):
         x = batch.lengths.double() / budget
         rise = torch.ones_like(x) if self.shape == "band" else x
         r = torch.where(x <= 1.0, rise, (2.0 - x).clamp(min=0.0))
-        return (self.r_max * r).float()
+        return (self.r_max * r).double()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -439,11 +452,11 @@ class DlerTruncation(RewardComponent):
             easy = self.easy_budget if self.easy_budget is not None else base
             hard = self.hard_budget if self.hard_budget is not None else base
             ratio = batch.grouped(batch.correct.double()).mean(dim=1, keepdim=True)  # [B, 1]
-            limit = torch.where(ratio >= self.easy_threshold, float(easy), float(hard))
+            limit = torch.where(ratio >= self.easy_threshold, torch.tensor(float(easy), dtype=torch.float64), float(hard))
             limit = limit.expand(-1, batch.group_size).reshape(-1)
         over = (batch.lengths.double() > limit) | batch.truncated.bool()
         factor = 0.0 if self.mode == "zero" else self.scale_factor
-        return torch.where(over, factor, 1.0).float()
+        return torch.where(over, torch.tensor(float(factor), dtype=torch.float64), 1.0)
 
 
 @REWARDS.register("stop_properly")
@@ -467,4 +480,4 @@ class StopProperly(RewardComponent):
     """c: multiplier of a truncated completion's reward if in [0, 1], its replacement if negative."""
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
-        return torch.where(batch.truncated.bool(), self.coef, 1.0).float()
+        return torch.where(batch.truncated.bool(), torch.tensor(float(self.coef), dtype=torch.float64), 1.0)

@@ -32,9 +32,9 @@ class RewardModelReward(RewardComponent):
     par:    r = (1/M) Σ_m σ(k·(RM(x, y) − RM(x, y_ref,m))) over M ≤ max_references reference responses (PAR, "Reward
             Shaping to Mitigate Reward Hacking in RLHF"; PorUna-byte/PAR `reward_shaper.py`, sigmoid_k = 1,
             reward_maxref = 10; without references the raw reward passes through, as there).
-    lsc:    r = log σ(RM(x, y) − r_ref), r_ref = the 85th percentile of the reference rewards under a normal fit,
-            mean + z_0.85·std (population std; PAR repo's baseline `_shape_lsc`, from "Transforming and Combining
-            Rewards"); with one reference r_ref is its reward.
+    lsc:    r = log σ(RM(x, y) − r_ref), r_ref = the 85th percentile of a normal fitted to all the references'
+            rewards (max_references does not apply): mean + z_0.85·(s + 1e-5), s the sample std (n − 1; 0 for one
+            reference), as PAR's `_shape_lsc` computes it ("Transforming and Combining Rewards").
     clip:   r = clip(RM(x, y), clip_low, clip_high) (On Designing Effective RL Reward; METHODS.md §4).
     zscore: r = (RM(x, y) − μ)/σ with μ, σ the mean/std saved by train-rm on its eval set (`zscore_stats: saved`,
             as OpenRLHF normalises) or running statistics over every batch so far (`running`: Chan's parallel
@@ -67,7 +67,7 @@ class RewardModelReward(RewardComponent):
     sigmoid_k: float = Field(1.0, gt=0)
     """PAR: slope k of σ(k·(r − r_ref)) (PAR code's sigmoid_k, default 1)."""
     max_references: int = Field(10, gt=0)
-    """PAR / LSC: at most this many references per prompt (PAR code's reward_maxref, default 10)."""
+    """PAR: at most this many references per prompt (PAR code's reward_maxref, default 10); LSC uses them all."""
     reference_key: str = "references"
     """PAR / LSC: problem.meta column holding reference responses."""
     reference_fn: str | None = None
@@ -166,7 +166,8 @@ class RewardModelReward(RewardComponent):
             return aggregate_members(members, scorer.aggregate, scorer.k), members
         return scorer.score(prompts, completions, self.batch_size, self.attribute_weights), None
 
-    def references(self, problem: Problem) -> list[str]:
+    def references(self, problem: Problem, limit: bool = True) -> list[str]:
+        """The problem's reference responses: the first `max_references` (all of them when not `limit`)."""
         refs = problem.meta.get(self.reference_key) if problem.meta else None
         if refs is None and self.reference_fn:
             refs = load_dotted(self.reference_fn)(problem)
@@ -176,7 +177,7 @@ class RewardModelReward(RewardComponent):
         if refs is None:
             return []
         refs = [refs] if isinstance(refs, str) else list(refs)
-        return [str(r) for r in refs[: self.max_references]]
+        return [str(r) for r in (refs[: self.max_references] if limit else refs)]
 
     def reference_rewards(self, batch: Batch) -> list[torch.Tensor]:
         """Per completion, the RM rewards of its prompt's references (cached by prompt and text)."""
@@ -185,7 +186,7 @@ class RewardModelReward(RewardComponent):
         todo: dict[tuple[str, str], tuple[Any, str]] = {}
         for prompt, problem in zip(batch.prompts, batch.problems):
             keys = []
-            for ref in self.references(problem):
+            for ref in self.references(problem, limit=self.transform != "lsc"):
                 key = (repr(prompt), ref)
                 keys.append(key)
                 if key not in cache:
@@ -220,7 +221,8 @@ class RewardModelReward(RewardComponent):
                 elif self.transform == "par":
                     vals.append(torch.sigmoid(self.sigmoid_k * (ri - ref)).mean().item())
                 else:
-                    r_ref = ref.mean() + NormalDist().inv_cdf(self.percentile) * ref.std(unbiased=False)
+                    std = ref.std() if ref.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)  # sample std (n − 1)
+                    r_ref = ref.mean() + NormalDist().inv_cdf(self.percentile) * (std + 1e-5)
                     vals.append(torch.nn.functional.logsigmoid(torch.tensor(ri, dtype=torch.float64) - r_ref).item())
             out = torch.tensor(vals, dtype=torch.float64)
         elif self.transform == "clip":
@@ -239,7 +241,7 @@ class RewardModelReward(RewardComponent):
             out = (r - mean) / max(std, self.eps)
         self._last.clear()
         self._last.update(last)
-        return out.float()
+        return out.double()
 
     def _update_running(self, r: torch.Tensor) -> None:
         """Chan et al.'s parallel update of count, mean and M2 with a batch (population variance = M2/count)."""

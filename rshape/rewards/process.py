@@ -190,7 +190,7 @@ class ProcessReward(RewardComponent):
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.tensor([sum(refine_step_rewards([r for _, r in steps], self.refine, self.eta))
-                             for steps in self._batch_steps(batch)], dtype=torch.float32)
+                             for steps in self._batch_steps(batch)], dtype=torch.float64)
 
     def step_normalization(self) -> str:
         return self.step_normalize

@@ -132,4 +132,4 @@ class FormatLength(RewardComponent):
                 out.append(self.format_weight * (r_t + r_a) + r_l)
             else:
                 out.append(min(0.0, r_l))
-        return torch.tensor(out, dtype=torch.float)
+        return torch.tensor(out, dtype=torch.float64)

@@ -142,7 +142,7 @@ class ReferenceOverlap(RewardComponent):
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         return torch.tensor([self.score(scored_text(c, self.extract), self.references(p))
-                             for c, p in zip(batch.completions, batch.problems)], dtype=torch.float)
+                             for c, p in zip(batch.completions, batch.problems)], dtype=torch.float64)
 
 
 def _count_words(text: str) -> int:
@@ -237,4 +237,4 @@ class RuleFraction(RewardComponent):
             checks = [self.checker(i, c) for c in constraints]  # validate even when there is no text to check
             text = completion if self.extract == "full" else extract_tagged_answer(completion)
             out.append(0.0 if text is None else sum(check(text) for check in checks) / len(checks))
-        return torch.tensor(out, dtype=torch.float)
+        return torch.tensor(out, dtype=torch.float64)

@@ -75,4 +75,4 @@ class UserFunction(RewardComponent):
             if math.isnan(f):
                 raise UserRewardError(f"{self.path} returned NaN for completion {i} (return None for 'not applicable')")
             result.append(f)
-        return torch.tensor(result, dtype=torch.float32)
+        return torch.tensor(result, dtype=torch.float64)
