@@ -22,6 +22,18 @@ def grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.view(-1, group_size)
 
 
+def nanstd(x: torch.Tensor, dim: int | None = None, keepdim: bool = False, unbiased: bool = True) -> torch.Tensor:
+    """The std of the non-NaN entries (Bessel-corrected when `unbiased`, NaN with fewer than two), as TRL's
+    `nanstd`."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
+    if unbiased:
+        count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
+        var = var * torch.where(count > 1, count / (count - 1), torch.full_like(var, float("nan")))
+    std = var.sqrt()
+    return std if keepdim else (std.squeeze(dim) if dim is not None else std.reshape(()))
+
+
 @dataclass
 class Batch:
     """Everything known about one step's completions.

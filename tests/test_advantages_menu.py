@@ -428,3 +428,34 @@ def test_drpo_gradient_through_the_loop_loss():
                                 num_sequences=B * G, num_tokens=int(mask.sum()))
     terms.loss.backward()
     assert torch.allclose(logp.grad, direct, rtol=1e-5, atol=1e-8)
+
+
+def test_unscorable_completions_leave_the_statistics_as_in_trl():
+    """A NaN reward (no added component applied) is left out of its group's mean and std and gets advantage 0;
+    the siblings get what they would get in a group without it (TRL's nanmean / nanstd)."""
+    from rshape.rl.advantages import estimate
+
+    nan = float("nan")
+    r = [1.0, nan, 0.0, 0.5, 2.0, 2.0, nan, nan]  # group 2: two equal scorable rows → 0
+    x = inputs(r, 4, correct=[1, 0, 0, 0, 1, 1, 0, 0])
+    got = estimate(ADVANTAGES.get("grpo"), x)
+    vals = [1.0, 0.0, 0.5]
+    m = sum(vals) / 3
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / 2)  # unbiased over the three scorable rows
+    want = [(1.0 - m) / (s + 1e-4), 0.0, (0.0 - m) / (s + 1e-4), (0.5 - m) / (s + 1e-4), 0.0, 0.0, 0.0, 0.0]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+    # every group estimator: the scorable rows of a group get what a group of just them gets
+    for name in ("grpo", "dr_grpo", "rloo", "pref_grpo", "canon"):
+        fn = ADVANTAGES.get(name)
+        alone = fn(inputs([1.0, 0.0, 0.5], 3, lengths=[1, 1, 1], correct=[1, 0, 0])).tolist()
+        full = estimate(fn, inputs(r[:4], 4, lengths=[1, 1, 1, 1], correct=[1, 0, 0, 0])).tolist()
+        assert [full[0], full[2], full[3]] == pytest.approx(alone, rel=1e-6, abs=1e-9), name
+        assert full[1] == 0.0, name
+    # batch statistics (REINFORCE++-baseline): nan-aware group means, whitening over the scorable rows only
+    rpp = estimate(ADVANTAGES.get("reinforce_pp_baseline"), inputs(r, 4, correct=[1, 0, 0, 0, 1, 1, 0, 0]),
+                   weighting="sequence").tolist()
+    a = [1.0 - m, 0.0 - m, 0.5 - m, 0.0, 0.0]  # centred rewards of the five scorable rows (population statistics)
+    mu = sum(a) / 5
+    sd = math.sqrt(max(sum((v - mu) ** 2 for v in a) / 5, 1e-8))
+    w = [(v - mu) / sd for v in a]
+    assert rpp == pytest.approx([w[0], 0.0, w[1], w[2], w[3], w[4], 0.0, 0.0], rel=1e-6)

@@ -1,5 +1,6 @@
 """Correctness, format, Kimi length and the weighted sum, on hand-computed values."""
 
+import math
 import pickle
 
 import pytest
@@ -76,7 +77,9 @@ def test_nan_is_not_applicable():
 
     rs = RewardSet([WeightedComponent("half", 2.0, Half())])
     s = rs.score(make_batch([1, 1], [1, 1], 2))
-    assert s.total.tolist() == [2.0, 0.0]
+    assert s.total[0] == 2.0 and math.isnan(s.total[1])  # no added component applies: unscorable (TRL)
+    with_other = RewardSet([WeightedComponent("half", 2.0, Half()), WeightedComponent("c", 1.0, Correctness())])
+    assert with_other.score(make_batch([1, 1], [1, 1], 2)).total.tolist() == [3.0, 1.0]  # NaN adds nothing
     assert s.metrics["reward/half/applicable"] == 0.5
     assert s.metrics["reward/half/raw"] == 1.0
 

@@ -193,3 +193,25 @@ def test_a_parameter_named_like_an_entry_key_is_refused(tmp_path, monkeypatch):
         build_rewards({"c": {"type": "clash_rewards:Clash"}})
     assert exc.value.problems == [(("rewards", "c", "type"), "clash_rewards:Clash has a parameter named like an entry "
                                    "key (gate, weight); rename the parameter")]
+
+
+def test_unscorable_completions_get_a_nan_total_and_gdpo_leaves_them_out():
+    """answer "skip" → the only added reward returns None: the total is NaN (TRL), logged statistics skip it, and
+    GDPO's normalise-then-sum gives it 0 while its siblings are normalised without it."""
+    b = make_batch([1, 2, 3, 4], [1, 0, 0, 0], 4, completions=["7", "8", "7", "x"], answers=["7", "skip", "7", "7"])
+    rs = build_rewards({"hit": {"type": "user_rewards:answer_in_text", "weight": 2.0},
+                        "stop": {"type": "stop_properly", "coef": 0.5}})
+    s = rs.score(b)
+    assert math.isnan(s.total[1]) and [s.total[i].item() for i in (0, 2, 3)] == [2.0, 2.0, 0.0]
+    assert s.metrics["reward/total"] == pytest.approx(4.0 / 3) and s.metrics["reward/unscorable"] == 0.25
+    gdpo = build_rewards({"hit": {"type": "user_rewards:answer_in_text"}}, mode="normalize_then_sum")
+    g = gdpo.score(b)
+    adv = normalize_then_sum(g.raw, g.added, 4)
+    vals = [1.0, 1.0, 0.0]  # rows 0, 2, 3: group mean 2/3, unbiased std √(1/3), then whitened over the three
+    m = sum(vals) / 3
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / 2)
+    z = [(v - m) / (sd + 1e-4) for v in vals]
+    zm = sum(z) / 3
+    zs = math.sqrt(sum((v - zm) ** 2 for v in z) / 2)
+    want = [(z[0] - zm) / (zs + 1e-4), 0.0, (z[1] - zm) / (zs + 1e-4), (z[2] - zm) / (zs + 1e-4)]
+    assert adv.tolist() == pytest.approx(want, rel=1e-5)

@@ -85,10 +85,10 @@ def test_export_load_identical_scores_in_rl(single):
     rewards = build_rewards({"rm": {"type": RM, "path": str(model_dir), "weight": 0.5, "device": "cpu"}})
     got = rewards.raw_scores(_reward_batch(problems, completions))["rm"]
     want = rm.score([p.prompt for p in problems], completions)
-    assert torch.equal(got, want)
+    assert torch.equal(got, want.double())  # rewards are float64 from the component on
     zs = build_rewards({"rm": {"type": RM, "path": str(model_dir), "transform": "zscore"}})
     z = zs.raw_scores(_reward_batch(problems, completions))["rm"]
-    assert torch.allclose(z, ((want.double() - meta["reward_mean"]) / meta["reward_std"]).float(), atol=1e-5)
+    assert torch.allclose(z, (want.double() - meta["reward_mean"]) / meta["reward_std"], atol=1e-5)
     with pytest.raises(RunDirError):  # a finished export is never overwritten
         train_rm(rm_recipe(out))
     assert json.loads((model_dir / "rm_meta.json").read_text()) == meta
@@ -137,11 +137,11 @@ def test_ensemble_of_two_trains_and_serves(tmp_path):
     for how, want in [("mean", members.mean(0)), ("min", members.min(0).values),
                       ("mean_minus_std", members.mean(0) - 0.5 * members.std(0, unbiased=False))]:
         rs = build_rewards({"rm": {"type": RM, "path": str(out / "model"), "aggregate": how, "k": 0.5}})
-        assert torch.allclose(rs.raw_scores(batch)["rm"], want, atol=1e-6)
+        assert torch.allclose(rs.raw_scores(batch)["rm"], want.double(), atol=1e-6)
         disagreement = rs.components[0].component.last_metrics()["disagreement"]
         assert disagreement == pytest.approx(members.std(0, unbiased=False).mean().item(), abs=1e-6)
     paths = build_rewards({"rm": {"type": RM, "paths": [str(out / "model" / m) for m in ens["members"]], "aggregate": "min"}})
-    assert torch.allclose(paths.raw_scores(batch)["rm"], members.min(0).values, atol=1e-6)
+    assert torch.allclose(paths.raw_scores(batch)["rm"], members.min(0).values.double(), atol=1e-6)
     # --resume keeps finished members: remove the ensemble file and one member, train again
     (out / "model" / "ensemble.json").unlink()
     import shutil

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from rshape.batch import Batch
+from rshape.batch import Batch, nanstd
 from rshape.rewards.base import RewardComponent
 from rshape.schedules import Schedule
 
@@ -201,9 +201,14 @@ class RewardSet:
         total = added
         for raw in multipliers:  # in recipe order
             total = apply_multiplier(total, raw)
+        added_raws = [raws[wc.name] for wc in self.components if wc.combine == "add"]
+        if added_raws:  # no added component applies: unscorable, NaN (TRL), left out of the advantage's statistics
+            unscorable = torch.stack([torch.isnan(r) for r in added_raws]).all(0)  # [N]
+            total = torch.where(unscorable, torch.full_like(total, float("nan")), total)
         for wc in self.components:
             if wc.combine == "multiply":  # the change a multiplier made to the total
-                metrics[f"reward/{wc.name}/weighted"] = (total - added).mean().item()
-        metrics["reward/total"] = total.mean().item() if n else float("nan")
-        metrics["reward/total_std"] = total.std(unbiased=False).item() if n else float("nan")
+                metrics[f"reward/{wc.name}/weighted"] = torch.nanmean(total - added).item()
+        metrics["reward/total"] = torch.nanmean(total).item() if n else float("nan")
+        metrics["reward/total_std"] = nanstd(total, unbiased=False).item() if n else float("nan")
+        metrics["reward/unscorable"] = torch.isnan(total).double().mean().item() if n else 0.0
         return RewardScores(total=total, raw=raws, metrics=metrics, added=terms)

@@ -7,6 +7,7 @@ rows are prompt-major (row b·G + g is sample g of prompt b). Parameters come fr
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rshape.batch import Batch, grouped
+from rshape.batch import Batch, grouped, nanstd
 from rshape.registry import Registry
 
 ADVANTAGES: Registry = Registry("advantage estimator")
@@ -75,6 +76,28 @@ def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, An
             out.append(((k,), f"unknown parameter; valid: {', '.join(known) or '(none)'}"))
         elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
             out.append(((k,), f"expected a number, got {v!r}"))
+    return out
+
+
+def estimate(fn: Callable[..., torch.Tensor], x: AdvantageInputs, **params: Any) -> torch.Tensor:
+    """Run an estimator. Completions whose reward is NaN (unscorable: no added reward component applied) are left
+    out of every group and batch statistic and get advantage 0, as TRL does: group-statistics estimators run on
+    each group's scorable rows (a group with fewer than two gets 0); `batch_statistics` estimators use nan-aware
+    group means and whiten over the scorable rows. → [N] float32"""
+    unscorable = torch.isnan(x.rewards)  # [N]
+    if not unscorable.any():
+        return fn(x, **params)
+    if getattr(fn, "batch_statistics", False):
+        return fn(x, **params).nan_to_num(0.0)
+    out = torch.zeros(x.rewards.numel())
+    G = x.group_size
+    for g0 in range(0, x.rewards.numel(), G):
+        rows = torch.arange(g0, g0 + G)[~unscorable[g0:g0 + G]]
+        if len(rows) < 2:
+            continue
+        sub = dataclasses.replace(x.batch.select(rows), group_size=len(rows))
+        stats = {k: getattr(x, k)[rows] for k in ("seq_logprobs", "seq_entropies") if getattr(x, k) is not None}
+        out[rows] = fn(AdvantageInputs(x.rewards[rows], sub, x.eps, **stats), **params).float()
     return out
 
 
@@ -139,16 +162,24 @@ def _positive(name: str, value: float) -> float:
 
 
 def _group_baseline(x: AdvantageInputs) -> torch.Tensor:
-    """r − mean_g [B, G] float64; a group of one keeps its reward (verl: no baseline without siblings)."""
+    """r − mean_g [B, G] float64 (the mean of the scorable, non-NaN rewards); a group of one keeps its reward
+    (verl: no baseline without siblings)."""
     r = _grouped64(x, x.rewards)
-    return r - r.mean(dim=1, keepdim=True) if x.group_size > 1 else r
+    if x.group_size == 1:
+        return r
+    mean = torch.nanmean(r, dim=1, keepdim=True) if torch.isnan(r).any() else r.mean(dim=1, keepdim=True)
+    return r - mean
 
 
 def _whiten(a: torch.Tensor, w: torch.Tensor, var_eps: float, bessel: bool) -> torch.Tensor:
     """(a − μ)/σ over the whole batch with weights w (tokens or 1 per completion).
 
     bessel=False (OpenRLHF): σ² = max(Σw(a−μ)²/Σw, var_eps); bessel=True (verl masked_whiten):
-    σ² = Σw(a−μ)²/Σw · T/(T−1) + var_eps with T = Σw."""
+    σ² = Σw(a−μ)²/Σw · T/(T−1) + var_eps with T = Σw. NaN entries of a (unscorable) weigh 0 and stay NaN."""
+    if torch.isnan(a).any():
+        w = torch.where(torch.isnan(a), torch.zeros_like(w), w)
+        a_in = a.nan_to_num(0.0)
+        return torch.where(torch.isnan(a), a, _whiten(a_in, w, var_eps, bessel))
     total = w.sum()
     mean = (w * a).sum() / total
     var = (w * (a - mean) ** 2).sum() / total
@@ -243,6 +274,10 @@ def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_e
     adv = _whiten(a, w, _positive("var_eps", var_eps), bessel=True)
     adv = adv + float(correct_boost) * (x.rewards.double() >= boost_threshold - 1e-5).double()
     return adv.float()
+
+
+reinforce_pp_baseline_advantages.batch_statistics = True  # type: ignore[attr-defined]
+batch_norm_advantages.batch_statistics = True  # type: ignore[attr-defined]
 
 
 @estimator("drpo",
@@ -411,12 +446,13 @@ def process_token_advantages(step_rewards: list[list[tuple[int, float]]], group_
 
 
 def group_normalize(x: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """(x − group mean)/(group std + eps), unbiased std; 0 for a group of equal values; NaN counts as the group mean."""
+    """(x − group mean)/(group std + eps) over the group's non-NaN values (unbiased std, TRL's nanmean / nanstd);
+    0 for a group of equal values or with one value, and where x is NaN (it then adds nothing)."""
     g = grouped(x, group_size)
-    filled = torch.where(torch.isnan(g), torch.nanmean(g, dim=1, keepdim=True).nan_to_num(0.0), g)
-    std = filled.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(filled[:, :1])
-    centred = filled - filled.mean(dim=1, keepdim=True)
-    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred)).reshape(-1)
+    std = nanstd(g, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
+    centred = g - torch.nanmean(g, dim=1, keepdim=True)
+    out = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # NaN std (one value) → 0
+    return out.nan_to_num(0.0).reshape(-1)
 
 
 def normalize_then_sum(raws: dict[str, torch.Tensor], added: dict[str, tuple[float, torch.Tensor]], group_size: int,
@@ -433,8 +469,14 @@ def normalize_then_sum(raws: dict[str, torch.Tensor], added: dict[str, tuple[flo
     for name, (w, gate) in added.items():
         raw = raws[name]
         normalized += torch.where(gate, w * group_normalize(raw, group_size, eps), torch.zeros_like(raw))
-    std = normalized.std() if n > 1 else torch.tensor(0.0)
-    return (normalized - normalized.mean()) / (std + eps)
+    if added:  # unscorable rows (no added component applies) leave the batch statistics and get 0, as in TRL
+        unscorable = torch.stack([torch.isnan(raws[name]) for name in added]).all(0)
+        normalized = torch.where(unscorable, torch.full_like(normalized, float("nan")), normalized)
+    if not torch.isnan(normalized).any():
+        std = normalized.std() if n > 1 else torch.tensor(0.0)
+        return (normalized - normalized.mean()) / (std + eps)
+    std = nanstd(normalized) if n > 1 else torch.tensor(0.0)
+    return ((normalized - torch.nanmean(normalized)) / (std + eps)).nan_to_num(0.0)
 
 
 def step_advantages(parts: list[tuple[float, list[list[tuple[int, float]]], str]], group_size: int, width: int,

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from rshape.batch import Batch, grouped, verify
+from rshape.batch import Batch, grouped, nanstd, verify
 from rshape.curriculum import CurriculumSampler
 from rshape.recipe import Recipe
 from rshape.rewards import RewardScores, RewardSet
-from rshape.rl.advantages import AdvantageInputs, estimator_needs, normalize_then_sum, step_advantages
+from rshape.rl.advantages import AdvantageInputs, estimate, estimator_needs, normalize_then_sum, step_advantages
 from rshape.rl.context import LoopContext
 from rshape.rl.loss import (
     clipped_policy_loss,
@@ -114,7 +114,7 @@ def dynamic_sampling(t: Trainer, step: int, scored: Scored, context: LoopContext
     n_kept, rounds = 0, 0
     while True:
         total = grouped(t.rewards.combine(scored.raws, step).total, G)  # [B, G]
-        informative = total.std(dim=1, unbiased=False) > ds.std_eps  # [B]
+        informative = nanstd(total, dim=1, unbiased=False) > ds.std_eps  # [B]; over the scorable rewards
         if rounds == 0:
             metrics["sampling/zero_std_frac"] = 1.0 - informative.float().mean().item()
         kept.append(scored.select(informative.repeat_interleave(G).nonzero().squeeze(1)))
@@ -155,8 +155,8 @@ def advantages_of(t: Trainer, scored: Scored, scores: RewardScores) -> torch.Ten
     elif not len(batch.correct):  # every group dropped: nothing to learn from
         advantages = torch.zeros(0)
     else:
-        advantages = t.advantage_fn(AdvantageInputs.of(batch, scores.total, algo.adv_eps, **seq_stats),
-                                    **algo.advantage_params)  # [N]
+        advantages = estimate(t.advantage_fn, AdvantageInputs.of(batch, scores.total, algo.adv_eps, **seq_stats),
+                              **algo.advantage_params)  # [N]; unscorable rows 0
     per_step = step_advantages(t.rewards.step_rewards(batch, t.run.tokenizer), G, batch.token_ids.shape[1])
     if per_step is not None:  # process supervision: each token also gets its steps' return
         advantages = advantages[:, None] + per_step  # [N, T]
