@@ -459,3 +459,28 @@ def test_unscorable_completions_leave_the_statistics_as_in_trl():
     sd = math.sqrt(max(sum((v - mu) ** 2 for v in a) / 5, 1e-8))
     w = [(v - mu) / sd for v in a]
     assert rpp == pytest.approx([w[0], 0.0, w[1], w[2], w[3], w[4], 0.0, 0.0], rel=1e-6)
+
+
+def test_grpo_scale_rewards_as_trl():
+    """TRL's scale_rewards: group (the default), batch (group-centred / std of all raw rewards + eps), none."""
+    r = [1.0, 0.0, 0.0, 0.0, 2.0, 3.0, 1.0, 2.0]
+    x = inputs(r, 4)
+    groups = [r[:4], r[4:]]
+    means = [sum(g) / 4 for g in groups]
+
+    def sd(v):  # unbiased
+        m = sum(v) / len(v)
+        return math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1))
+
+    want_group = [(v - means[i // 4]) / (sd(groups[i // 4]) + 1e-4) for i, v in enumerate(r)]
+    want_batch = [(v - means[i // 4]) / (sd(r) + 1e-4) for i, v in enumerate(r)]
+    want_none = [v - means[i // 4] for i, v in enumerate(r)]
+    grpo = ADVANTAGES.get("grpo")
+    assert grpo(x).tolist() == pytest.approx(want_group, rel=1e-6)
+    assert grpo(x, scale_rewards="group").tolist() == pytest.approx(want_group, rel=1e-6)
+    assert grpo(x, scale_rewards="batch").tolist() == pytest.approx(want_batch, rel=1e-6)
+    assert grpo(x, scale_rewards="none").tolist() == pytest.approx(want_none, rel=1e-6)
+    from rshape.rl.advantages import check_advantage_params
+
+    assert check_advantage_params(grpo, {"scale_rewards": "global"}) == [
+        (("scale_rewards",), "'global' is not one of group, batch, none")]

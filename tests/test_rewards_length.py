@@ -193,6 +193,8 @@ def test_dapo_overlong_by_hand():
     assert DapoOverlong()(b).tolist() == pytest.approx([0, 0, -0.2, -0.6, -1.0, -1.0])
     assert DapoOverlong(max_len=200, cache_len=100)(b).tolist() == pytest.approx([0, 0, 0, 0, 0, -0.2])
     assert DapoOverlong(cache_len=20, penalty_factor=0.5)(b).tolist()[3] == pytest.approx(-0.25)
+    # verl's uncapped penalty keeps growing past max_len: L = 120 with L_max 100, L_c 20 → −(120 − 80)/20 = −2
+    assert DapoOverlong(cache_len=20, cap=False)(b).tolist() == pytest.approx([0, 0, 0, -0.5, -1.0, -2.0], rel=1e-12)
     # cache_len 0: a hard step at max_len (0 up to it, −1 above), as TRL computes it
     assert DapoOverlong(max_len=80, cache_len=0)(b).tolist() == [0, 0, 0, -1.0, -1.0, -1.0]
 

@@ -345,6 +345,9 @@ class DapoOverlong(RewardComponent):
     """L_c, the soft-penalty zone before L_max; None = max_len // 4; 0 = a hard step (0 up to L_max, −1 above), as TRL."""
     penalty_factor: float = Field(1.0, ge=0)
     """The penalty at L ≥ L_max (verl/OpenRLHF `overlong_penalty_factor`)."""
+    cap: bool = True
+    """Floor the penalty at −penalty_factor (TRL, OpenRLHF); false = verl's DAPO reward manager, which keeps growing
+    past L_max (reachable when max_len is below the generation limit)."""
 
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         l_max = _limit(self.max_len, batch, "dapo_overlong", "max_len")
@@ -355,7 +358,7 @@ class DapoOverlong(RewardComponent):
         if cache == 0:  # TRL's limit case: no soft zone
             return -self.penalty_factor * (lengths > l_max).double()
         over = (lengths - (l_max - cache)) / cache
-        return -self.penalty_factor * over.clamp(0.0, 1.0)
+        return -self.penalty_factor * (over.clamp(0.0, 1.0) if self.cap else over.clamp(min=0.0))
 
 
 @REWARDS.register("tlts_length")

@@ -67,7 +67,8 @@ def estimator(name: str, summary: str, source: str) -> Callable[[Callable[..., t
 
 
 def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
-    """Problems with `algorithm.advantage_params` for estimator `fn`: unknown keys, non-numbers."""
+    """Problems with `algorithm.advantage_params` for estimator `fn`: unknown keys, non-numbers, and values the
+    estimator refuses (it is run once on a 2 × 2 example batch)."""
     sig = inspect.signature(fn)
     known = [n for n in list(sig.parameters)[1:]]
     out = []
@@ -76,6 +77,17 @@ def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, An
             out.append(((k,), f"unknown parameter; valid: {', '.join(known) or '(none)'}"))
         elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
             out.append(((k,), f"expected a number, got {v!r}"))
+    if not out:
+        example = Batch(prompts=[""] * 4, completions=[""] * 4, completion_ids=[[]] * 4,
+                        lengths=torch.tensor([1, 2, 3, 4]), truncated=torch.zeros(4, dtype=torch.bool),
+                        correct=torch.tensor([1.0, 0.0, 0.0, 1.0]), problems=[None] * 4, group_size=2,  # type: ignore[list-item]
+                        max_new_tokens=8)
+        try:
+            fn(AdvantageInputs(torch.tensor([1.0, 0.0, 0.0, 1.0]), example, seq_logprobs=torch.zeros(4),
+                               seq_entropies=torch.zeros(4)), **params)
+        except ValueError as exc:
+            name, _, message = str(exc).partition(": ")
+            out.append(((name,) if name in params else (), message if name in params else str(exc)))
     return out
 
 
@@ -108,18 +120,28 @@ def estimator_needs(fn: Callable[..., torch.Tensor], params: dict[str, Any]) -> 
 
 
 @estimator("grpo",
-           summary='A = (r − group mean)/(group std + `adv_eps`), unbiased std as in TRL/verl',
+           summary='A = (r − group mean)/(std + `adv_eps`), unbiased std of the group (or of the batch, or none: '
+                   "TRL's `scale_rewards`)",
            source='DeepSeekMath, arXiv 2402.03300')
-def grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
-    """GRPO: A_i = (r_i − mean_g) / (std_g + eps) over the G siblings.
+def grpo_advantages(x: AdvantageInputs, *, scale_rewards: str = "group") -> torch.Tensor:
+    """GRPO: A_i = (r_i − mean_g) / (std + eps) over the G siblings.
 
-    std is the unbiased (Bessel-corrected) sample std, as TRL and verl compute it; a group whose
-    rewards are all equal gets A = 0. Source: DeepSeekMath (arXiv 2402.03300) §4.1; METHODS.md §6.
+    std is the unbiased (Bessel-corrected) sample std, as TRL and verl compute it: of the group (`scale_rewards:
+    group`, the paper), of the raw rewards of the whole batch (`batch`, TRL's option), or no division (`none`:
+    centred only). A group whose rewards are all equal gets A = 0. Unscorable (NaN) rewards are left out of the
+    means and stds (TRL's nanmean / nanstd) and get A = 0. Source: DeepSeekMath (arXiv 2402.03300) §4.1;
+    docs/methods.md.
     """
+    scale = _choice("scale_rewards", scale_rewards, ("group", "batch", "none"))
     r = x.grouped(x.rewards)  # [B, G]
-    mean = r.mean(dim=1, keepdim=True)
-    std = r.std(dim=1, keepdim=True)  # unbiased
-    return ((r - mean) / (std + x.eps)).reshape(-1)
+    if not torch.isnan(r).any():
+        mean = r.mean(dim=1, keepdim=True)
+        std = {"group": lambda: r.std(dim=1, keepdim=True), "batch": lambda: r.std() if r.numel() > 1 else
+               torch.zeros(()), "none": lambda: None}[scale]()  # unbiased
+        return ((r - mean) / (std + x.eps) if std is not None else r - mean).reshape(-1)
+    mean = torch.nanmean(r, dim=1, keepdim=True)
+    std = {"group": lambda: nanstd(r, dim=1, keepdim=True), "batch": lambda: nanstd(r), "none": lambda: None}[scale]()
+    return ((r - mean) / (std + x.eps) if std is not None else r - mean).reshape(-1).nan_to_num(0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +298,7 @@ def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_e
     return adv.float()
 
 
+grpo_advantages.batch_statistics = True  # type: ignore[attr-defined]  # (nan-aware itself, and `batch` scales)
 reinforce_pp_baseline_advantages.batch_statistics = True  # type: ignore[attr-defined]
 batch_norm_advantages.batch_statistics = True  # type: ignore[attr-defined]
 
