@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
 REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
-.PHONY: install test lint quickstart warmstart bench readme-tables sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
+.PHONY: install test lint quickstart warmstart bench readme-tables methods-doc sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
 
 install: $(STAMP)
 
@@ -63,6 +63,9 @@ bench: install
 
 readme-tables: install
 	$(PY) scripts/readme_tables.py --write
+
+methods-doc: install
+	$(PY) scripts/methods_doc.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Schedules of the training step: for reward weights, reward parameters and token budgets (METHODS.md §2, §8).
+"""Schedules of the training step: for reward weights, reward parameters and token budgets (docs/methods.md).
 
 A schedule is written in YAML as a mapping with a `schedule` key, anywhere a number is allowed in a
 reward entry, or under the recipe's `schedules:` section (named values such as `budget`, which
@@ -78,7 +78,7 @@ class Cosine(_Ramp):
 class Exponential(Schedule):
     """v(t) = max(floor, start·γ^⌊(t − begin)/period⌋) for t ≥ begin, start before.
 
-    With start 256, γ 0.7, period 150 this is the budget of "Train Long, Think Short" (METHODS.md §2).
+    With start 256, γ 0.7, period 150 this is the budget of "Train Long, Think Short" (docs/methods.md).
     """
 
     schedule: Literal["exponential"]

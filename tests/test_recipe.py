@@ -118,6 +118,19 @@ def test_readme_tables_match_the_code():
     assert out.returncode == 0, out.stderr
 
 
+def test_methods_reference_matches_the_code():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "methods_doc.py"), "--check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    text = (root / "docs" / "methods.md").read_text()
+    from rshape.rewards import REWARDS
+    from rshape.rl.advantages import ADVANTAGES
+
+    for name in [*REWARDS.names(), *ADVANTAGES.names()]:
+        assert f"### `{name}`" in text, name
+
+
 def test_a_new_reward_family_is_one_file(tmp_path, monkeypatch):
     """A throw-away family in a temporary module registers itself; recipes, scoring and the README table see it
     without any core file changing."""

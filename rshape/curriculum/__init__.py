@@ -1,4 +1,4 @@
-"""Curricula over the train pool (METHODS.md §8): difficulty trackers and a curriculum prompt sampler.
+"""Curricula over the train pool (docs/methods.md): difficulty trackers and a curriculum prompt sampler.
 
 The recipe section `curriculum:` (CurriculumConfig in config.py) configures
 

@@ -1,5 +1,5 @@
 """CurriculumSampler: a drop-in for rshape.sampler.PromptSampler with orders, stages, retirement,
-medium upweighting and difficulty-aware length budgets (METHODS.md §8).
+medium upweighting and difficulty-aware length budgets (docs/methods.md).
 
 Two ways to draw, chosen per step:
 

@@ -1,4 +1,4 @@
-"""Difficulty trackers: a pass rate and an easy / medium / hard bucket per prompt (METHODS.md §8).
+"""Difficulty trackers: a pass rate and an easy / medium / hard bucket per prompt (docs/methods.md).
 
 Common interface (every tracker):
 

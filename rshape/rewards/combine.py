@@ -1,4 +1,4 @@
-"""Combining reward components into what reaches the policy update (METHODS.md §5).
+"""Combining reward components into what reaches the policy update (docs/methods.md).
 
 Each entry of a recipe's `rewards:` becomes a `WeightedComponent`:
 - `combine: add` (default): contributes weight·raw to the sum (NaN "not applicable" contributes 0);
@@ -34,7 +34,7 @@ class RewardRuntimeError(Exception):
 
 @dataclass
 class Constraint:
-    """Constrained RLHF (Moskovitz et al., arXiv 2310.04373; METHODS.md §5): the component's weight is a
+    """Constrained RLHF (Moskovitz et al., arXiv 2310.04373; docs/methods.md): the component's weight is a
     Lagrange multiplier λ ≥ 0, updated once per step by projected gradient ascent on the constraint:
 
         at_least θ:  contribution +λ·r,  λ ← max(0, λ + η·(θ − mean r))   (λ grows while the mean is below θ)

@@ -1,4 +1,4 @@
-"""Correctness: a verifier's verdict as a reward (METHODS.md §1)."""
+"""Correctness: a verifier's verdict as a reward (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ class Correctness(RewardComponent):
     equal after normalisation), `numeric` (numbers equal within tolerance, "1,000" = 1000) or `math`
     (symbolic equivalence through math-verify, `\\frac{1}{2}` = 0.5). The answer is read from the last
     `<answer>` tag, else the last `\\boxed{}`.
-    Source: METHODS.md §1. Papers score 1/0, or 1/−0.5 (the Laser code).
+    Source: docs/methods.md. Papers score 1/0, or 1/−0.5 (the Laser code).
     """
 
     summary: ClassVar[str] = (
         '`correct_score` if the answer is right, else `wrong_score`; checked by the task or re-checked'
     )
-    source: ClassVar[str] = 'METHODS.md §1'
+    source: ClassVar[str] = 'rule-based outcome reward (DeepSeek-R1, arXiv 2501.12948)'
 
     correct_score: float = 1.0
     """Reward of a correct completion."""

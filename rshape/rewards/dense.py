@@ -1,4 +1,4 @@
-"""Dense and self-derived rewards: Self-Aligned Reward, PEAR phase entropy, n-gram repetition, cost (METHODS.md §3)."""
+"""Dense and self-derived rewards: Self-Aligned Reward, PEAR phase entropy, n-gram repetition, cost (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class SelfAlignedReward(RewardComponent):
     which equals the ratio form without overflow.
 
     Source: Han et al., "Self-Aligned Reward: Towards Effective and Efficient Reasoners", arXiv 2509.05489
-    (METHODS.md §3). Compared against amazon-science/Self-Aligned-Reward-Towards_Effective_and_Efficient_Reasoners:
+    (docs/methods.md). Compared against amazon-science/Self-Aligned-Reward-Towards_Effective_and_Efficient_Reasoners:
     verl/utils/reward_score/efficiency_reward.py `compute_ppl_qa_log` with the defaults of
     verl/trainer/config/ppo_trainer.yaml (use_log false, use_denominator true, clip_value −1):
     max((A − QA)/(A + 1e−9), −1); ppl from verl/trainer/ppo/ray_trainer.py `compute_perplexity`, the empty
@@ -149,8 +149,8 @@ class PhaseEntropy(RewardComponent):
     r ≤ 1 always (P ≥ 0, so the min never acts) but is not bounded below: a very uncertain thinking phase
     (H̄_think > 1 + α·H̄_answer) gives a correct answer a negative reward, as the formula says.
 
-    Source: PEAR ("phase entropy aware reward", METHODS.md §3, a secondary summary; no public code exists, so
-    this follows METHODS.md). The tag is located in token ids by `think_end_token_id`, else with a tokenizer read
+    Source: PEAR ("phase entropy aware reward", docs/methods.md, a secondary summary; no public code exists, so
+    this follows docs/methods.md). The tag is located in token ids by `think_end_token_id`, else with a tokenizer read
     from `batch.tokenizer` or `batch.context.tokenizer` (see `find_tag_span`).
     """
 
@@ -158,7 +158,7 @@ class PhaseEntropy(RewardComponent):
         'r = min(1, 1 − max(0, H̄_think − α·H̄_answer)) if correct, else `wrong_score`; entropies of the '
         'sampling policy split at `</think>`'
     )
-    source: ClassVar[str] = 'PEAR (METHODS.md §3)'
+    source: ClassVar[str] = 'PEAR (phase entropy aware reward)'
 
     needs_entropies: ClassVar[bool] = True
 
@@ -204,7 +204,7 @@ class RepetitionPenalty(RewardComponent):
     Source: "Demystifying Long Chain-of-Thought Reasoning" (arXiv 2502.03373) App. C.2, as coded in open-r1
     (src/open_r1/rewards.py `get_repetition_penalty_reward`: lower-cased whitespace words, the default `unit:
     words`) and in TRL (trl/rewards/other_rewards.py `get_repetition_penalty_reward`, which in its current
-    version counts token ids: `unit: tokens`). METHODS.md §3.
+    version counts token ids: `unit: tokens`). docs/methods.md.
     """
 
     summary: ClassVar[str] = 'r = p·(1 − unique n-grams / total n-grams); 0 when shorter than n'
@@ -237,7 +237,7 @@ class RepetitionPenalty(RewardComponent):
 class CostPenalty(RewardComponent):
     """A negative reward proportional to a cost: r = −rate·L (L in tokens), or −rate·meta[cost_key].
 
-    Source: Router-R1 (arXiv 2506.09033), cost reward (METHODS.md §3, [abs]). With `cost_key` set, every problem
+    Source: Router-R1 (arXiv 2506.09033), cost reward (docs/methods.md, [abs]). With `cost_key` set, every problem
     must carry a numeric meta column of that name (e.g. the price of the model a router called).
     """
 

@@ -1,4 +1,4 @@
-"""Format rewards: does the completion have the required structure (METHODS.md §1).
+"""Format rewards: does the completion have the required structure (docs/methods.md).
 
 Both components here are label-free: they read only the completion text, never the gold answer or
 batch.correct, so a recipe made of them alone (optionally with `format_length`, rshape.rewards.surrogate)
@@ -23,7 +23,7 @@ THINK_ANSWER = r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
 class Format(RewardComponent):
     """r_i = 1 if the completion matches `pattern` as a whole (re.DOTALL), else 0.
 
-    Default structure: `<think>…</think><answer>…</answer>` and nothing after it (METHODS.md §1).
+    Default structure: `<think>…</think><answer>…</answer>` and nothing after it (docs/methods.md).
     Label-free: reads only the completion text.
     """
 
@@ -31,7 +31,7 @@ class Format(RewardComponent):
         '1 if the whole completion matches `pattern` (`<think>…</think><answer>…</answer>`), else 0; '
         'label-free'
     )
-    source: ClassVar[str] = 'METHODS.md §1'
+    source: ClassVar[str] = 'format reward (DeepSeek-R1, arXiv 2501.12948; open-r1)'
 
     pattern: str = THINK_ANSWER
     """Regular expression the whole completion must match."""
@@ -53,7 +53,7 @@ class TagCount(RewardComponent):
     open-r1's `tag_count_reward` (huggingface/open-r1 src/open_r1/rewards.py): the four strings
     "<think>\\n", "\\n</think>\\n", "\\n<answer>\\n", "\\n</answer>" with 0.25 each, so 0 … 1; the
     newlines are part of the tags there. `tags` and `per_tag` are configurable (per_tag None = 1/len(tags),
-    so a full match scores 1). Label-free. Source: METHODS.md §1.
+    so a full match scores 1). Label-free. Source: docs/methods.md.
     """
 
     summary: ClassVar[str] = 'Σ per_tag·1[tag occurs exactly once]; label-free'

@@ -1,4 +1,4 @@
-"""History-aware rewards: terms that compare a completion with what training has already seen (METHODS.md §2)."""
+"""History-aware rewards: terms that compare a completion with what training has already seen (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class Hapo(RewardComponent):
     The code's optional repetition term (rep_penalty = 0 by default) is left to a separate component.
     Source: Huang et al., "HAPO: Training Language Models to Reason Concisely via History-Aware Policy
     Optimization" (arXiv 2505.11225), compared against HCY123902/HAPO `utils.py` and `grpo_trainer.py`
-    (METHODS.md §2). State: {prompt id: h} (and counts in mean mode), checkpointed.
+    (docs/methods.md). State: {prompt id: h} (and counts in mean mode), checkpointed.
     """
 
     summary: ClassVar[str] = (

@@ -1,4 +1,4 @@
-"""LASER: length-based step rewards at a target length, plain and difficulty-aware (METHODS.md §2).
+"""LASER: length-based step rewards at a target length, plain and difficulty-aware (docs/methods.md).
 
 Source: Liu et al., "Learn to Reason Efficiently with Adaptive Length-based Reward Shaping"
 (arXiv 2505.15612), code hkust-nlp/Laser. Every value here was compared against
@@ -192,7 +192,7 @@ class Laser(_LaserBase):
     L ≤ L_T; `penalty`: −α for a correct answer with L > L_T (0 otherwise); `hybrid`: +α within and
     −α beyond, for correct answers. Wrong answers get C only. L_T = `target_length`, or the recipe's
     `budget` schedule (batch.schedule["budget"]) when it is None.
-    Source: arXiv 2505.15612, hkust-nlp/Laser `compute_length_reward_larse` (METHODS.md §2).
+    Source: arXiv 2505.15612, hkust-nlp/Laser `compute_length_reward_larse` (docs/methods.md).
     """
 
     summary: ClassVar[str] = (
@@ -301,7 +301,7 @@ class LaserD(_DifficultyLaser):
     then every 20 steps reproduces the code (monitor before training, then after steps 20, 40, …).
     Without a context (unit tests) the targets stay at `initial_target` unless `monitor: batch`.
     `variant` as in `laser`. Source: arXiv 2505.15612, hkust-nlp/Laser `compute_length_reward_larse_d`
-    and `_choose_target_length` (METHODS.md §2). Follows the code where it differs from the paper's
+    and `_choose_target_length` (docs/methods.md). Follows the code where it differs from the paper's
     prose: coverage counts all responses of a band, and the monitor's band edges differ slightly from
     the scoring buckets (≤ 1/3 vs < 1/3). State: targets and last refresh step (checkpointed).
     """
@@ -332,7 +332,7 @@ class LaserDE(_DifficultyLaser):
     completion, so truncated ones never get it here. Repetition is Laser's token n-gram test
     (`repetition_start`, n = `repetition_ngram`) on the completion's token ids. Buckets, targets and
     refreshes as in `laser_d` (the code's DE always uses the `step` variant).
-    Source: arXiv 2505.15612, hkust-nlp/Laser length_penalty.py and compute_unique_tokens.py (METHODS.md §2).
+    Source: arXiv 2505.15612, hkust-nlp/Laser length_penalty.py and compute_unique_tokens.py (docs/methods.md).
     """
 
     summary: ClassVar[str] = '`laser_d` + α for a wrong, parsed, non-repetitive answer longer than L_T (exploration)'

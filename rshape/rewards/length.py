@@ -1,4 +1,4 @@
-"""The length family: rewards that read a completion's token length against its group (METHODS.md §2)."""
+"""The length family: rewards that read a completion's token length against its group (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class KimiLength(RewardComponent):
     r_i = λ_i if correct else min(0, λ_i); r_i = 0 for the whole group when L_max = L_min.
     `unparsed_score` set: a completion with no extractable answer gets that value instead (Laser's code gives
     unparsed answers no length term: 0, next to a correctness entry scoring them −1).
-    Source: Kimi k1.5 (arXiv 2501.12599) §2.3.3, as coded in Laser and open-r1 (METHODS.md §2);
+    Source: Kimi k1.5 (arXiv 2501.12599) §2.3.3, as coded in Laser and open-r1 (docs/methods.md);
     unlike open-r1 the min/max are per prompt group, not over the flat batch, and lengths are tokens.
     """
 
@@ -100,12 +100,12 @@ class CosineLength(RewardComponent):
     p = min(L/L_max, 1); r = v_lo + ½(v_hi − v_lo)(1 + cos(π·p)), with (v_lo, v_hi) =
     (min_value_correct, max_value_correct) for a correct answer (1.0 at L = 0 down to 0.5 at L_max) and
     (max_value_wrong, min_value_wrong) for a wrong one (−1.0 at L = 0 up to −0.5 at L_max: short wrong
-    answers are punished most). L_max defaults to the generation limit. METHODS.md §2.
+    answers are punished most). L_max defaults to the generation limit. docs/methods.md.
 
     The value already encodes correctness, so use it instead of `correctness`. Compared against
     open-r1 `src/open_r1/rewards.py::get_cosine_scaled_reward` and the authors' eddycmu/demystify-long-cot
     `openrlhf/openrlhf/reward/cosine.py` (same formula for L ≤ L_max). Differences: lengths are tokens
-    (open-r1 counts characters), p is clipped at 1 as in METHODS.md (the codes let cos wrap around past
+    (open-r1 counts characters), p is clipped at 1 as in docs/methods.md (the codes let cos wrap around past
     L_max), and the authors' `exceed_length` value for completions that hit the limit is the optional
     `exceed_value` here, applied to truncated completions (off by default, like open-r1/TRL). The values may come
     in any order, as in TRL: `min_value_correct > max_value_correct` rewards longer correct answers.
@@ -175,7 +175,7 @@ class LcpoExact(_TargetLength):
     else `target`); c ∈ {0, 1}. The value includes correctness: use it instead of `correctness`.
     The public code (deepscaler `get_delta_score_exact` in cmu-l3/l1, compared against a copy of its
     `math_reward.py`) returns 1 − |L − n_t|/3000 if correct, that minus 1 otherwise — the same formula with
-    α = 1/3000. METHODS.md §2.
+    α = 1/3000. docs/methods.md.
     """
 
     summary: ClassVar[str] = (
@@ -201,7 +201,7 @@ class LcpoMax(_TargetLength):
     a wrong answer scores 0. The value includes correctness: use it instead of `correctness`. The paper
     fine-tunes with Max after Exact. Follows the paper, not the code: cmu-l3/l1's `get_delta_score_max`
     computes (clip(a·(n_t − L), −1, 1) + 1)/2 with a = 1/500, i.e. slope a/2 = 0.001 and δ = 0.5
-    (set alpha=0.001 to reproduce it). METHODS.md §2.
+    (set alpha=0.001 to reproduce it). docs/methods.md.
     """
 
     summary: ClassVar[str] = "r = c·clip(α(n_t − L) + δ, 0, 1) (paper's slope; the code uses α/2)"
@@ -226,7 +226,7 @@ class ShorterBetter(RewardComponent):
     SOL (sample optimal length) = the shortest correct length in the group, or the group's mean length
     when none is correct. Includes correctness: use it instead of `correctness`. Same as
     JingyangYi/ShorterBetter `verl/verl/workers/reward_manager/naive.py` (`sb_compute_score`,
-    `check_correctness_and_length`). METHODS.md §2.
+    `check_correctness_and_length`). docs/methods.md.
     """
 
     summary: ClassVar[str] = 'SOL = shortest correct length in the group (mean if none); r = α·c − β·|L − SOL|'
@@ -257,7 +257,7 @@ class SelfNormalizedLength(RewardComponent):
     score 1 by (1 − α·σ(z)) and leaves wrong answers at their score (−0.5 in Laser's scoring, 0 in the
     paper; `wrong_score`), uses torch.std + 1e-6, and with a single correct answer in the group sets μ = 0,
     s = 1 — so z = L and the lone correct answer gets ≈ 1 − α (kept here to agree with the code).
-    All correct lengths equal: z = 0, r = 1 − α/2. METHODS.md §2.
+    All correct lengths equal: z = 0, r = 1 − α/2. docs/methods.md.
     """
 
     summary: ClassVar[str] = "correct: 1 − α·σ((L − μ)/s) over the group's correct lengths; wrong: `wrong_score`"
@@ -292,7 +292,7 @@ class GrpoLambda(RewardComponent):
     use it instead of `correctness`. μ_c, s_c as in `self_normalized` (the Laser normalisation, including
     its single-correct case). No official code: λ = 0.2 and α = 0.6 come from a third-party
     reimplementation [3p]; the rounding of λ·B is this implementation's choice. By design the value of a
-    group depends on the other groups of the batch. METHODS.md §2.
+    group depends on the other groups of the batch. docs/methods.md.
     """
 
     summary: ClassVar[str] = 'the top ⌈λ·B⌉ groups by pass rate get `self_normalized`, the others plain c'
@@ -333,7 +333,7 @@ class DapoOverlong(RewardComponent):
     `openrlhf/trainer/ppo_utils/length_penalty.py::apply_overlong_penalty` (verl's DAPO reward manager is
     the same without the cap, which lengths ≤ L_max never reach). max_len defaults to batch.max_new_tokens
     so it stays tied to the real limit; cache_len defaults to max_len // 4 (DAPO used 4096 of 20480, 1/5;
-    TRL and OpenRLHF have no default). Lengths exclude EOS. METHODS.md §2.
+    TRL and OpenRLHF have no default). Lengths exclude EOS. docs/methods.md.
     """
 
     summary: ClassVar[str] = '0 up to L_max − L_c, then −(L − (L_max − L_c))/L_c down to −1 at L_max'
@@ -371,7 +371,7 @@ class TltsLength(RewardComponent):
     L = batch.schedule[schedule_key] when the loop provides it, else the `budget` parameter (which may
     itself follow a schedule, e.g. {schedule: exponential, start: 256, gamma: 0.7, period: 150}).
     From the paper's text: the authors point to github.com/hammoudhasan/curriculum_grpo, which was not
-    available to compare against. METHODS.md §2.
+    available to compare against. docs/methods.md.
     """
 
     summary: ClassVar[str] = (
@@ -421,7 +421,7 @@ class DlerTruncation(RewardComponent):
     B = `budget`, or the generation limit when None. Difficulty-aware DLER (paper only, not in the code):
     when `easy_budget` or `hard_budget` is set, a group whose correctness ratio is ≥ `easy_threshold`
     gets easy_budget (the tighter one, 2000 in the paper) and the others hard_budget (4000); an unset one
-    falls back to B. METHODS.md §2.
+    falls back to B. docs/methods.md.
     """
 
     summary: ClassVar[str] = (
@@ -471,7 +471,7 @@ class StopProperly(RewardComponent):
     combiner must apply it with `combine: multiply` as r ← value if value < 0 else r·value
     (`apply_multiplier` in this module), r being the summed task reward. Same as OpenRLHF
     `openrlhf/trainer/ppo_utils/length_penalty.py::apply_stop_properly_penalty` (truncated = vLLM
-    finish_reason == "length"). METHODS.md §2.
+    finish_reason == "length"). docs/methods.md.
     """
 
     summary: ClassVar[str] = 'truncated: r ← r·c for c ≥ 0, r ← c for c < 0'

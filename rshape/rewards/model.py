@@ -1,5 +1,5 @@
 """Reward-model rewards: a trained sequence-classification RM (or an ensemble) as a reward, with the
-transforms of METHODS.md §4 (PAR, LSC, clip, z-score). Models come from `rshape train-rm` (rshape.rm).
+transforms of docs/methods.md (PAR, LSC, clip, z-score). Models come from `rshape train-rm` (rshape.rm).
 
 The model is loaded lazily on the first call (so recipes validate without loading anything and the
 component pickles without its weights), scored in batches without gradients on `device`. Reference
@@ -27,7 +27,7 @@ class RewardModelReward(RewardComponent):
     """A trained reward model's score of (prompt, completion), optionally transformed.
 
     raw:    r = RM(x, y); for an ensemble of K models r = mean_k r_k, min_k r_k, or mean_k r_k − k·std_k r_k
-            (Helping or Herding; Reward-Robust RLHF; METHODS.md §4), member disagreement = mean over samples of
+            (Helping or Herding; Reward-Robust RLHF; docs/methods.md), member disagreement = mean over samples of
             std_k r_k, logged through last_metrics().
     par:    r = (1/M) Σ_m σ(k·(RM(x, y) − RM(x, y_ref,m))) over M ≤ max_references reference responses (PAR, "Reward
             Shaping to Mitigate Reward Hacking in RLHF"; PorUna-byte/PAR `reward_shaper.py`, sigmoid_k = 1,
@@ -35,7 +35,7 @@ class RewardModelReward(RewardComponent):
     lsc:    r = log σ(RM(x, y) − r_ref), r_ref = the 85th percentile of a normal fitted to all the references'
             rewards (max_references does not apply): mean + z_0.85·(s + 1e-5), s the sample std (n − 1; 0 for one
             reference), as PAR's `_shape_lsc` computes it ("Transforming and Combining Rewards").
-    clip:   r = clip(RM(x, y), clip_low, clip_high) (On Designing Effective RL Reward; METHODS.md §4).
+    clip:   r = clip(RM(x, y), clip_low, clip_high) (On Designing Effective RL Reward; docs/methods.md).
     zscore: r = (RM(x, y) − μ)/σ with μ, σ the mean/std saved by train-rm on its eval set (`zscore_stats: saved`,
             as OpenRLHF normalises) or running statistics over every batch so far (`running`: Chan's parallel
             update, then normalise, as PAR's RunningMeanStd; kept in state_dict for resume).
@@ -44,7 +44,7 @@ class RewardModelReward(RewardComponent):
     problem.meta[reference_key] (a string or a list of strings), else `reference_fn` (dotted path of a function
     Problem → str | list[str]; `rshape.rm.data:tiny_reference` gives the warm-start policy's full trace in the
     tiny world), else `reference_template` formatted with {answer} and {prompt} (the gold answer by default).
-    METHODS.md §4 (RM rewards and transforms) and §7 (the RMs).
+    docs/methods.md (RM rewards and transforms) and §7 (the RMs).
     """
 
     summary: ClassVar[str] = (
@@ -52,7 +52,7 @@ class RewardModelReward(RewardComponent):
         'r_ref,m)) / lsc: log σ(r − r_ref,85%) / clip / zscore; ensembles by mean, min or mean − k·std, '
         'member disagreement logged'
     )
-    source: ClassVar[str] = 'PAR (PorUna-byte/PAR); METHODS.md §4, §7'
+    source: ClassVar[str] = 'PAR (PorUna-byte/PAR); LSC (Transforming and Combining Rewards)'
 
     path: str | None = None
     """Directory written by `rshape train-rm` (its model/): one RM, or an ensemble (ensemble.json)."""

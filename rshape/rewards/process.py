@@ -1,4 +1,4 @@
-"""Process rewards: a score per reasoning step, refined so that repeating good steps earns nothing (METHODS.md §4).
+"""Process rewards: a score per reasoning step, refined so that repeating good steps earns nothing (docs/methods.md).
 
 A process reward model (PRM) scores each prefix of a solution. Summed over steps as an RL reward it is
 hackable: a policy earns more by adding correct but unnecessary steps (Gao et al., "On Designing Effective
@@ -57,7 +57,7 @@ def refine_step_rewards(scores: list[float], refine: str, eta: float = 1.0) -> l
 @REWARDS.register("process")
 class ProcessReward(RewardComponent):
     """Process reward with Clip / Delta refinement (Gao et al., "On Designing Effective RL Reward at Training
-    Time for LLM Reasoning", arXiv 2410.15115; METHODS.md §4, abstract only — no public code, so the split into
+    Time for LLM Reasoning", arXiv 2410.15115; docs/methods.md, abstract only — no public code, so the split into
     steps, the scorers and η's default are rshape's).
 
     Steps: the text matched by the first group of `region` (default the `<think>` block; the whole completion
@@ -84,10 +84,7 @@ class ProcessReward(RewardComponent):
         'token gets the return of the steps from there on (`step_normalize` none, or group: '
         "DeepSeekMath's (r − mean)/std over the group's steps)"
     )
-    source: ClassVar[str] = (
-        'Clip / Delta: Gao et al., arXiv 2410.15115; METHODS.md §4; process supervision: arXiv '
-        '2402.03300'
-    )
+    source: ClassVar[str] = 'Clip / Delta: Gao et al., arXiv 2410.15115; process supervision: arXiv 2402.03300'
 
     has_step_rewards: ClassVar[bool] = True
 

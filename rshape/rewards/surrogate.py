@@ -1,4 +1,4 @@
-"""Label-free surrogate rewards: format and length only, no gold answer (METHODS.md §1).
+"""Label-free surrogate rewards: format and length only, no gold answer (docs/methods.md).
 
 Source: Xin et al., "Surrogate Signals from Format and Length: Reinforcement Learning for Solving
 Mathematical Problems without Ground Truth Answers" (arXiv 2505.19439), code insightLLM/rl-without-gt,
@@ -92,10 +92,10 @@ class FormatLength(RewardComponent):
     x = L/L_max, R_l = 1 − (1 − x/p)² for x ≤ p, 1 − 2((x − p)/(1 − p))² for x > p (R_l(0) = 0,
     R_l(p) = 1, R_l(1) = −1), p = 0.5. R_a = 1 if an answer can be parsed and validated, R_t = 1 if a
     `<think>…</think>` block is present. r = 0.5·(R_t + R_a) + R_l when R_a = 1, else min(0, R_l) — the
-    code's "Format-Length" score (RewardMathFn_xrh). METHODS.md §1 writes the fallback as
+    code's "Format-Length" score (RewardMathFn_xrh). docs/methods.md writes the fallback as
     min(0, R_f + R_l); in the code R_f = 0 there, so both agree. L is in tokens; L_max = 3072 in the code
     (its generation limit), here None → batch.max_new_tokens. Lengths beyond L_max continue the parabola
-    below −1, as in the code. Source: arXiv 2505.19439, insightLLM/rl-without-gt (METHODS.md §1).
+    below −1, as in the code. Source: arXiv 2505.19439, insightLLM/rl-without-gt (docs/methods.md).
     """
 
     summary: ClassVar[str] = (

@@ -1,4 +1,4 @@
-"""Text rewards with programmatic checkers: reference overlap (BLEU / n-gram F1) and rule fraction (METHODS.md §3)."""
+"""Text rewards with programmatic checkers: reference overlap (BLEU / n-gram F1) and rule fraction (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class ReferenceOverlap(RewardComponent):
     (BLEUBERI scores empty predictions 0). References: problem.meta[references_key] (a list of strings or one
     string), else [problem.answer]; an empty list means not applicable (NaN).
     Source: Chang et al., "BLEUBERI: BLEU is a surprisingly effective reward for instruction following",
-    arXiv 2505.11080 (METHODS.md §3); compared against lilakk/BLEUBERI training/utils.py and
+    arXiv 2505.11080 (docs/methods.md); compared against lilakk/BLEUBERI training/utils.py and
     huggingface/evaluate metrics/bleu/nmt_bleu.py + tokenizer_13a.py.
     """
 
@@ -187,7 +187,7 @@ class RuleFraction(RewardComponent):
     (re.search, DOTALL); text types and regexes accept "ignore_case": true. A problem without constraints gets
     NaN (not applicable); an unknown type or a malformed constraint raises ValueError naming the sample.
     With `extract: answer`, a completion without an `<answer>` tag scores 0.
-    Source: AutoRule (arXiv 2506.15651) and ACE-RL (arXiv 2509.04903), METHODS.md §3 [abs]: both reward the fraction
+    Source: AutoRule (arXiv 2506.15651) and ACE-RL (arXiv 2509.04903), docs/methods.md [abs]: both reward the fraction
     of satisfied rules, judged there by an LLM verifier; here every rule is a programmatic check (no judge model),
     with word counting as in IFEval (arXiv 2311.07911).
     """

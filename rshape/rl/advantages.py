@@ -1,4 +1,4 @@
-"""Advantage estimators: from one step's rewards to one advantage per completion (METHODS.md §6).
+"""Advantage estimators: from one step's rewards to one advantage per completion (docs/methods.md).
 
 Every estimator is a function `f(x: AdvantageInputs, **params) -> Tensor [N]` registered by name;
 rows are prompt-major (row b·G + g is sample g of prompt b). Parameters come from the recipe's
@@ -145,7 +145,7 @@ def grpo_advantages(x: AdvantageInputs, *, scale_rewards: str = "group") -> torc
 
 
 # ---------------------------------------------------------------------------------------------
-# The menu of METHODS.md §6. Helpers first; every estimator computes in float64 and returns float32.
+# The menu of docs/methods.md. Helpers first; every estimator computes in float64 and returns float32.
 
 
 def _mask_tokens(x: AdvantageInputs) -> torch.Tensor:
@@ -219,7 +219,7 @@ def dr_grpo_advantages(x: AdvantageInputs) -> torch.Tensor:
     The constant divisor of Dr. GRPO (the generation limit) belongs to the loss aggregation
     (`algorithm.loss_agg: dr_grpo`), not to this estimator. Same as OpenRLHF's `dr_grpo` and verl's
     GRPO with `norm_adv_by_std_in_grpo=False`. Source: Dr. GRPO, "Understanding R1-Zero-Like
-    Training" (arXiv 2503.20783); METHODS.md §6.
+    Training" (arXiv 2503.20783); docs/methods.md.
     """
     r = _grouped64(x, x.rewards)
     return (r - r.mean(dim=1, keepdim=True)).reshape(-1).float()
@@ -231,7 +231,7 @@ def rloo_advantages(x: AdvantageInputs) -> torch.Tensor:
 
     Same values as OpenRLHF's `rloo` ((Σ_g r − r_i)/(G−1) baseline) and verl's
     `compute_rloo_outcome_advantage`. Needs G ≥ 2. Source: Ahmadian et al., "Back to Basics"
-    (arXiv 2402.14740); METHODS.md §6.
+    (arXiv 2402.14740); docs/methods.md.
     """
     G = x.group_size
     if G < 2:
@@ -258,7 +258,7 @@ def reinforce_pp_baseline_advantages(x: AdvantageInputs, *, weighting: str = "to
     (rshape's KL is a loss term). A group of one keeps its raw reward before whitening (verl's
     convention; OpenRLHF would give 0). The statistics are over the rows given: rows dropped by
     dynamic sampling before this call do not count. Source: REINFORCE++ (arXiv 2501.03262);
-    METHODS.md §6 "Batch normalisation". `batch_norm` is DLER's verl variant.
+    docs/methods.md "Batch normalisation". `batch_norm` is DLER's verl variant.
     """
     w = _mask_tokens(x) if _choice("weighting", weighting, ("token", "sequence")) == "token" else torch.ones(x.rewards.numel(),
                                                                                                            dtype=torch.float64)
@@ -288,7 +288,7 @@ def batch_norm_advantages(x: AdvantageInputs, *, weighting: str = "token", var_e
     compared with the combined reward (DLER's score: 1 for a correct in-budget answer; a truncated
     one is scaled by 0.1). `weighting` as in `reinforce_pp_baseline`. DLER also drops zero-std
     groups (dynamic sampling) before whitening; that is the loop's job. Source: DLER (NVlabs),
-    METHODS.md §2 "Truncation penalty" and §6 "Batch normalisation".
+    docs/methods.md "Truncation penalty" and §6 "Batch normalisation".
     """
     w = _mask_tokens(x) if _choice("weighting", weighting, ("token", "sequence")) == "token" else torch.ones(x.rewards.numel(),
                                                                                                            dtype=torch.float64)
@@ -331,7 +331,7 @@ def drpo_advantages(x: AdvantageInputs, *, lam: float = 0.1, tau: float = 10.0) 
     KL-constraint penalty β·[KL − δ]₊·KL (β = 1e3, δ = 1e-4) is not part of this estimator; it
     belongs to the loss (rshape's KL settings), not to the advantages. The rewards of the recipe do not
     enter: DRPO's signal is the verifier's x.correct and the length. s must be the mean over the
-    same mask the loss uses. Source: DRPO (Optimization-AI); METHODS.md §6.
+    same mask the loss uses. Source: DRPO (Optimization-AI); docs/methods.md.
     """
     lam, tau = _positive("lam", lam), _positive("tau", tau)
     s = _grouped64(x, _require(x, "seq_logprobs", "drpo"))
@@ -371,7 +371,7 @@ def canon_advantages(x: AdvantageInputs, *, metric: str = "length", alpha: float
     one gets r/L_max (the reference sets both half means to 0). No std normalisation.
     Read from biuboomc/CANON `verl/trainer/ppo/core_algos.py`
     (`compute_dr_length_on_mean_group_outcome_advantage`, `compute_dr_entropy_per_token_group_outcome_advantage`;
-    `_lambda` there is μ here). Source: CANON (biuboomc); METHODS.md §6.
+    `_lambda` there is μ here). Source: CANON (biuboomc); docs/methods.md.
     """
     metric = _choice("metric", metric, ("length", "entropy"))
     if not 0.0 <= mu <= 1.0:
@@ -417,7 +417,7 @@ def pref_grpo_advantages(x: AdvantageInputs, *, adv_clip_max: float = 5.0, decim
     (itertools.combinations, a judge's verdict or 0.5/0.5, `round(wins/count, 3)`), the group
     normalisation `(r − mean)/(r.std() + 1e-8)` and `torch.clamp(adv, -adv_clip_max, adv_clip_max)`
     with `--adv_clip_max 5.0` (scripts/_common_finetune.sh). Here the judge is the scalar reward.
-    An all-equal group gets 0. Needs G ≥ 2. Source: Pref-GRPO (CodeGoat24); METHODS.md §6.
+    An all-equal group gets 0. Needs G ≥ 2. Source: Pref-GRPO (CodeGoat24); docs/methods.md.
     """
     G = x.group_size
     if G < 2:

@@ -1,4 +1,4 @@
-"""Token log-probs in row chunks, and the clipped policy-gradient loss with its aggregations (METHODS.md §6)."""
+"""Token log-probs in row chunks, and the clipped policy-gradient loss with its aggregations (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     ρ = ρ_t = exp(logp_t − old_t) (ratio_level `token`), or, for GSPO (arXiv 2507.18071, ratio_level
     `sequence`), ρ = s_i = exp(mean_t(logp_t − old_t)) shared by every token of sequence i, so the
     loss is the sequence-level clipped objective and the gradient flows through s_i.
-    Aggregations (METHODS.md §6), with the normalisers of the whole (mini)batch so that the losses of
+    Aggregations (docs/methods.md), with the normalisers of the whole (mini)batch so that the losses of
     its row chunks add up to the loss of the batch:
       `grpo`:    Σ_i (Σ_t ℓ_i,t / |y_i|) / num_sequences      (DeepSeekMath: sequence mean, then mean)
       `dapo`:    Σ_i Σ_t ℓ_i,t / num_tokens                   (DAPO, arXiv 2503.14476: batch token mean)

@@ -1,4 +1,4 @@
-"""Reward models: `rshape train-rm` and `rshape eval-rm` (METHODS.md §7), served to `rl` by rshape.rewards.model (§4).
+"""Reward models: `rshape train-rm` and `rshape eval-rm` (docs/methods.md), served to `rl` by rshape.rewards.model (§4).
 
     data.py       preference pairs / scored examples from JSONL, `datasets` files or the built-in tiny set
     modeling.py   sequence-classification backbones (decoder or encoder, LoRA, 4-bit), export and loading

@@ -1,4 +1,4 @@
-"""Reward-model losses (METHODS.md §7).
+"""Reward-model losses (docs/methods.md).
 
 Bradley-Terry, per preference pair with d = r_c − r_r and margin m (0 when absent or margin is off):
     ℓ = −log σ(d − m)                                        (TRL RewardTrainer, Llama-2's margin loss)

@@ -1,4 +1,4 @@
-"""Reward-model evaluation metrics as pure functions of scores (METHODS.md §7).
+"""Reward-model evaluation metrics as pure functions of scores (docs/methods.md).
 
 - pairwise accuracy: share of non-tie pairs with r_c > r_r (a tie in score counts ½), overall and per category;
 - length bias: Pearson and Spearman correlation of reward with response length (tokens), over every

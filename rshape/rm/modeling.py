@@ -9,7 +9,7 @@ tokenizer's chat template). The choice is saved in rm_meta.json so scoring at RL
 
 Export (`export_rm`): a directory in Hugging Face format (LoRA merged into the weights), or adapter +
 head for a 4-bit base, with rm_meta.json beside it holding the head kind, attribute names and weights,
-max_length, input format and the reward mean/std on the evaluation set (METHODS.md §7). An ensemble is a
+max_length, input format and the reward mean/std on the evaluation set (docs/methods.md). An ensemble is a
 directory with ensemble.json listing member directories.
 """
 

@@ -1,4 +1,4 @@
-"""`rshape train-rm`: train a reward model (or an ensemble of K) and export it for `rl` (METHODS.md §7).
+"""`rshape train-rm`: train a reward model (or an ensemble of K) and export it for `rl` (docs/methods.md).
 
     run/
       recipe.yaml, manifest.json
