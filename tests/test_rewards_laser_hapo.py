@@ -585,3 +585,19 @@ def test_hapo_without_correctness_and_bad_params():
         with pytest.raises(ValidationError) as exc:
             Hapo.model_validate(bad)
         assert field in str(exc.value)
+
+
+def test_laser_d_grid_follows_the_code():
+    """hkust-nlp/Laser verl/utils/reward_score/constants.py::get_length_threshold, transcribed: a lower bound under
+    the interval (1024 there) is followed by the interval's multiples."""
+    from rshape.rewards.laser import length_grid
+
+    def reference(lower, upper, interval):
+        if lower < 1024:
+            return [lower] + list(range(1024, upper + interval, interval))
+        return list(range(lower, upper + interval, interval))
+
+    for lower, upper in ((512, 16384), (256, 8192), (1024, 16384), (4096, 16384), (2048, 8000)):
+        assert length_grid(upper, 1024, lower) == reference(lower, upper, 1024), (lower, upper)
+    assert length_grid(128, 8, 3) == [3, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128]
+    assert length_grid(128, None, None) == list(range(8, 136, 8))  # step = 128 // 16, start = step

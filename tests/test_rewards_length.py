@@ -486,3 +486,62 @@ def test_laser_third_score_level_for_unparsed_answers():
     assert got == pytest.approx(want + [-1.0, -1.0], rel=1e-12)
     parsed_wrong = make_batch([10, 20, 30, 40], [1, 1, 0, 0], 4, completions=texts[:2] + ["<answer>9</answer>"] * 2)
     assert SelfNormalizedLength(wrong_score=-0.5, unparsed_score=-1.0)(parsed_wrong).tolist()[2:] == [-0.5, -0.5]
+
+
+# cmu-l3/l1 math_reward.py (commit 93dd330), transcribed: δ functions and math_reward_fn's combination
+def l1_linear(num_tokens, used, alpha):
+    return (1 - abs(used - num_tokens) * alpha) - 1
+
+
+def l1_linear_both(num_tokens, used, alpha):
+    if num_tokens < 0:
+        delta = used - abs(num_tokens)
+        sc = alpha * delta * -1
+        return (max(-1, min(1, sc)) + 1) / 2
+    return l1_linear(num_tokens, used, alpha)
+
+
+def l1_sigmoid(num_tokens, used, alpha):
+    delta = abs(num_tokens) - used
+    s = 1 / (1 + math.exp(-delta * alpha))
+    return max(0, min(1, s + (0.1 if delta >= 0 else 0.0)))
+
+
+def l1_sigmoid_exact(num_tokens, used, alpha):
+    return max(0, min(1, 1 / (1 + math.exp(-abs(num_tokens - used) * alpha))))
+
+
+def l1_reward(correct, num_tokens, used, alpha, sigmoid, multiplier):
+    if num_tokens == -1:
+        return float(correct)
+    if num_tokens < 0:
+        d = l1_sigmoid(num_tokens, used, alpha) if sigmoid else l1_linear_both(num_tokens, used, alpha)
+    else:
+        d = l1_sigmoid_exact(num_tokens, used, alpha) if sigmoid else l1_linear(num_tokens, used, alpha)
+    c = 1 if correct else 0
+    return max(0, d) * c if multiplier else d + c
+
+
+def test_lcpo_forms_match_the_reference_code():
+    rng = random.Random(7)
+    for _ in range(4):
+        n = 8
+        lengths = [rng.randint(0, 200) for _ in range(n)]
+        correct = [rng.random() < 0.6 for _ in range(n)]
+        targets = [rng.choice([40, 100, -1]) for _ in range(n)]  # −1: no constraint (plain correctness)
+        b = make_batch(lengths, [float(c) for c in correct], n, metas=[{"target_length": t} for t in targets])
+        for shape in ("linear", "sigmoid"):
+            for form in ("add", "multiply"):
+                alpha = 0.01 if shape == "sigmoid" else 0.002
+                sig, mult = shape == "sigmoid", form == "multiply"
+                exact = LcpoExact(alpha=alpha, form=form, shape=shape, no_target="correctness")(b).tolist()
+                assert exact == pytest.approx([l1_reward(c, t, L, alpha, sig, mult)
+                                               for c, t, L in zip(correct, targets, lengths)], rel=1e-12, abs=1e-12)
+                mx = LcpoMax(alpha=alpha, form=form, shape=shape, no_target="correctness")(b).tolist()
+                assert mx == pytest.approx([l1_reward(c, -t if t > 0 else t, L, alpha, sig, mult)
+                                            for c, t, L in zip(correct, targets, lengths)], rel=1e-12, abs=1e-12)
+    # the default (paper) forms are unchanged, and a missing target is still an error unless asked otherwise
+    b = make_batch([30, 50], [1, 1], 2, metas=[{"target_length": 40}] * 2)
+    assert LcpoMax()(b).tolist() == pytest.approx([min(1, 0.0003 * 10 + 0.5), 0.0003 * -10 + 0.5], rel=1e-12)
+    with pytest.raises(ValueError, match="target length"):
+        LcpoExact()(make_batch([30], [1], 1, metas=[{"target_length": -1}]))

@@ -352,3 +352,21 @@ def test_render_plain_chat_and_template():
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     assert render_example(chat, "a", tok, False) == ("<user>q<assistant>a", None)
     assert response_lengths(tok, ["<answer>12</answer>", [{"role": "assistant", "content": "ab"}]]) == [4, 2]
+
+
+def test_par_pipeline_shapes_and_length_penalty_by_hand():
+    """PAR's reward_shaper.py: sigmoid σ(k·r), centered mean(r − r_ref), relative tanh mean tanh(r − r_ref), and its
+    pre-transform length penalty r − 0.01·(L − 300) beyond 300 tokens."""
+    table = {"y": 2.0, "r1": 1.0, "r2": 0.5}
+    batch = _batch(["y"], refs=["r1", "r2"])
+    assert _component(FakeRM(table), transform="sigmoid", sigmoid_k=2.0)(batch).item() == pytest.approx(
+        1 / (1 + math.exp(-4.0)), rel=1e-12)
+    assert _component(FakeRM(table), transform="centered")(batch).item() == pytest.approx((1.0 + 1.5) / 2, rel=1e-12)
+    assert _component(FakeRM(table), transform="tanh")(batch).item() == pytest.approx(
+        (math.tanh(1.0) + math.tanh(1.5)) / 2, rel=1e-12)
+    long = _batch(["y", "y"], refs=["r1"])
+    long.lengths = torch.tensor([290, 350])
+    got = _component(FakeRM(table), length_penalty=0.01, penalty_from=300)(long).tolist()
+    assert got == pytest.approx([2.0, 2.0 - 0.01 * 50], rel=1e-12)  # only the 50 tokens beyond 300 count
+    par = _component(FakeRM(table), transform="par", length_penalty=0.01)(long).tolist()  # penalty first, then PAR
+    assert par == pytest.approx([1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(-0.5))], rel=1e-12)

@@ -80,16 +80,19 @@ def is_repetitive(tokens: Sequence[int], n: int = 4) -> bool:
 
 
 def length_grid(max_new_tokens: int, step: int | None, start: int | None) -> list[int]:
-    """Candidate target lengths: start, start+step, … as `range(start, max_new_tokens + step, step)`.
-
-    This is the code's `get_length_threshold(lower, upper, interval)` (upper = the generation limit)
-    without its special case for lower bounds under 1024. step None → max(1, max_new_tokens // 16)
+    """Candidate target lengths, as the code's `get_length_threshold(lower, upper, interval)` (upper = the generation
+    limit): `range(start, upper + step, step)`, or, for a start below the step, [start] + `range(step, upper + step,
+    step)` — the code writes that anchor as 1024, its interval; rshape anchors at the step so that the grid scales
+    with the generation limit (the same list at Laser's interval of 1024). Like the code, the last value may pass
+    `upper` by less than a step when upper is not a multiple of it. step None → max(1, max_new_tokens // 16)
     (Laser's 1024 of 16384); start None → step.
     """
     if max_new_tokens <= 0:
         raise ValueError("LASER-D needs batch.max_new_tokens > 0 to build its grid of target lengths")
     step = int(step) if step else max(1, max_new_tokens // 16)
     start = int(start) if start else step
+    if start < step:
+        return [start, *range(step, max_new_tokens + step, step)]
     return list(range(start, max_new_tokens + step, step))
 
 

@@ -151,12 +151,25 @@ class _TargetLength(RewardComponent):
     """Key of batch.schedule used when the problem has no target."""
     target: float | None = Field(None, gt=0)
     """A fixed target used when neither the problem nor the schedule gives one; None = error."""
+    no_target: Literal["error", "correctness"] = "error"
+    """A sample without a target (none found, or a target of −1 as cmu-l3/l1's data marks it): `error`, or
+    `correctness`: plain c ∈ {0, 1}, what the reference code returns then."""
+    form: Literal["default", "add", "multiply"] = "default"
+    """How the length score δ meets c (cmu-l3/l1's `multiplier_reward`): `add` r = c + δ, `multiply` r = c·max(0, δ);
+    `default`: the paper's formula of this component (see its description)."""
+    shape: Literal["linear", "sigmoid"] = "linear"
+    """δ of cmu-l3/l1: `linear` (`get_delta_score_linear` / `_linear_both`) or `sigmoid` (`get_delta_score_sigmoid`,
+    `_sigmoid_exact`), both with slope `alpha`; only with form add or multiply."""
 
     def targets(self, batch: Batch, owner: str) -> torch.Tensor:
+        """n_t per sample [N]; NaN where there is none and `no_target: correctness`."""
         fallback = batch.schedule.get(self.schedule_key, self.target)
         out = []
         for i, p in enumerate(batch.problems):
             t = p.meta.get(self.target_key, fallback) if p.meta else fallback
+            if self.no_target == "correctness" and (t is None or float(t) == -1):
+                out.append(math.nan)
+                continue
             if t is None:
                 raise ValueError(f"{owner}: sample {i} (problem {p.id!r}) has no target length: no meta[{self.target_key!r}], "
                                  f"no batch.schedule[{self.schedule_key!r}] and no `target` parameter")
@@ -165,6 +178,11 @@ class _TargetLength(RewardComponent):
                 raise ValueError(f"{owner}: sample {i} (problem {p.id!r}) has target length {t}; it must be a positive number")
             out.append(t)
         return torch.tensor(out, dtype=torch.float64)
+
+    def _reference(self, c: torch.Tensor, delta: torch.Tensor, n_t: torch.Tensor) -> torch.Tensor:
+        """cmu-l3/l1's `math_reward_fn`: c + δ (add) or max(0, δ)·c (multiply); plain c without a target."""
+        r = c * delta.clamp(min=0.0) if self.form == "multiply" else c + delta
+        return torch.where(torch.isnan(n_t), c, r)
 
 
 @REWARDS.register("lcpo_exact")
@@ -175,7 +193,10 @@ class LcpoExact(_TargetLength):
     else `target`); c ∈ {0, 1}. The value includes correctness: use it instead of `correctness`.
     The public code (deepscaler `get_delta_score_exact` in cmu-l3/l1, compared against a copy of its
     `math_reward.py`) returns 1 − |L − n_t|/3000 if correct, that minus 1 otherwise — the same formula with
-    α = 1/3000. docs/methods.md.
+    α = 1/3000. The reference repository's other forms (cmu-l3/l1 `math_reward_fn`, commit 93dd330): `form: add`
+    r = c + δ and `form: multiply` r = c·max(0, δ), with δ = −α|n_t − L| (`shape: linear`; multiplied, this δ
+    ≤ 0 gives 0 for every completion, as the code does) or δ = clip(σ(α|n_t − L|), 0, 1) (`shape: sigmoid`).
+    docs/methods.md.
     """
 
     summary: ClassVar[str] = (
@@ -190,7 +211,14 @@ class LcpoExact(_TargetLength):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         n_t = self.targets(batch, "lcpo_exact")
         c = (batch.correct > 0).double()
-        return (c - self.alpha * (n_t - batch.lengths.double()).abs()).double()
+        gap = (n_t - batch.lengths.double()).abs()
+        if self.form == "default":
+            return torch.where(torch.isnan(n_t), c, c - self.alpha * gap)
+        if self.shape == "linear":  # get_delta_score_linear: (1 − α|n_t − L|) − 1
+            delta = -self.alpha * gap
+        else:  # get_delta_score_sigmoid_exact: clip(σ(α·|n_t − L|), 0, 1)
+            delta = torch.sigmoid(self.alpha * gap).clamp(0.0, 1.0)
+        return self._reference(c, delta, n_t)
 
 
 @REWARDS.register("lcpo_max")
@@ -201,7 +229,10 @@ class LcpoMax(_TargetLength):
     a wrong answer scores 0. The value includes correctness: use it instead of `correctness`. The paper
     fine-tunes with Max after Exact. Follows the paper, not the code: cmu-l3/l1's `get_delta_score_max`
     computes (clip(a·(n_t − L), −1, 1) + 1)/2 with a = 1/500, i.e. slope a/2 = 0.001 and δ = 0.5
-    (set alpha=0.001 to reproduce it). docs/methods.md.
+    (set alpha=0.001 to reproduce it). The reference repository's `math_reward_fn` forms (commit 93dd330):
+    `form: add` r = c + δ, `form: multiply` r = c·max(0, δ), with δ = (clip(α(n_t − L), −1, 1) + 1)/2 (`shape:
+    linear`, `get_delta_score_linear_both`) or δ = clip(σ(α(n_t − L)) + 0.1·1[L ≤ n_t], 0, 1) (`shape: sigmoid`).
+    docs/methods.md.
     """
 
     summary: ClassVar[str] = "r = c·clip(α(n_t − L) + δ, 0, 1) (paper's slope; the code uses α/2)"
@@ -215,8 +246,15 @@ class LcpoMax(_TargetLength):
     def __call__(self, batch: Batch, **_: Any) -> torch.Tensor:
         n_t = self.targets(batch, "lcpo_max")
         c = (batch.correct > 0).double()
-        term = (self.alpha * (n_t - batch.lengths.double()) + self.delta).clamp(0.0, 1.0)
-        return (c * term).double()
+        under = n_t - batch.lengths.double()  # budget left (negative: over budget)
+        if self.form == "default":
+            return torch.where(torch.isnan(n_t), c, c * (self.alpha * under + self.delta).clamp(0.0, 1.0))
+        if self.shape == "linear":  # get_delta_score_linear_both: (clip(α(n_t − L), −1, 1) + 1)/2
+            delta = ((self.alpha * under).clamp(-1.0, 1.0) + 1.0) / 2.0
+        else:  # get_delta_score_sigmoid: σ(α(n_t − L)), + 0.1 within budget, clipped to [0, 1]
+            bonus = torch.where(under >= 0, torch.tensor(0.1, dtype=torch.float64), 0.0)
+            delta = (torch.sigmoid(self.alpha * under) + bonus).clamp(0.0, 1.0)
+        return self._reference(c, delta, n_t)
 
 
 @REWARDS.register("shorter_better")

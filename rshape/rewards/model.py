@@ -36,6 +36,11 @@ class RewardModelReward(RewardComponent):
             rewards (max_references does not apply): mean + z_0.85·(s + 1e-5), s the sample std (n − 1; 0 for one
             reference), as PAR's `_shape_lsc` computes it ("Transforming and Combining Rewards").
     clip:   r = clip(RM(x, y), clip_low, clip_high) (On Designing Effective RL Reward; docs/methods.md).
+    sigmoid / centered / tanh: PAR's other shapes (`reward_shaper.py`): σ(k·RM(x, y)); mean over the first
+            max_references references of RM(x, y) − RM(x, y_ref,m); of tanh(RM(x, y) − RM(x, y_ref,m)).
+    length_penalty: before the transform, RM(x, y) − length_penalty·(L − penalty_from) beyond penalty_from tokens
+            (PAR's `reward_penalize_length`, gen_valid_len 300, len_penalty 0.01; PAR counts its response mask,
+            rshape the tokens before EOS).
     zscore: r = (RM(x, y) − μ)/σ with μ, σ the mean/std saved by train-rm on its eval set (`zscore_stats: saved`,
             as OpenRLHF normalises) or running statistics over every batch so far (`running`: Chan's parallel
             update, then normalise, as PAR's RunningMeanStd; kept in state_dict for resume).
@@ -62,8 +67,14 @@ class RewardModelReward(RewardComponent):
     """Ensembles: how member rewards combine; None = the ensemble's saved choice (mean for `paths`)."""
     k: float | None = Field(None, ge=0)
     """Ensembles, mean_minus_std: r = mean − k·std; None = the saved k (1.0)."""
-    transform: Literal["raw", "par", "lsc", "clip", "zscore"] = "raw"
-    """raw, par, lsc, clip or zscore (see above)."""
+    transform: Literal["raw", "par", "lsc", "clip", "zscore", "sigmoid", "centered", "tanh"] = "raw"
+    """raw, par, lsc, clip, zscore, or PAR's other shapes: sigmoid σ(k·r), centered mean_m (r − r_ref,m), tanh
+    mean_m tanh(r − r_ref,m) (see above)."""
+    length_penalty: float = Field(0.0, ge=0)
+    """PAR's pre-transform length penalty: r ← r − length_penalty·(L − penalty_from) for L > penalty_from tokens,
+    before any transform (PAR's scripts: 0.01 beyond 300, on by default there); 0 = off."""
+    penalty_from: int = Field(300, ge=0)
+    """Length (tokens) above which `length_penalty` applies (PAR's gen_valid_len)."""
     sigmoid_k: float = Field(1.0, gt=0)
     """PAR: slope k of σ(k·(r − r_ref)) (PAR code's sigmoid_k, default 1)."""
     max_references: int = Field(10, gt=0)
@@ -208,9 +219,14 @@ class RewardModelReward(RewardComponent):
             last["disagreement"] = members.double().std(0, unbiased=False).mean().item()
             for i, m in enumerate(members):
                 last[f"member_{i}_mean"] = m.double().mean().item()
+        if self.length_penalty > 0:  # PAR's pre-transform length penalty
+            over = (batch.lengths.double() - self.penalty_from).clamp(min=0.0)
+            r = r - self.length_penalty * over
         if self.transform == "raw":
             out = r
-        elif self.transform in ("par", "lsc"):
+        elif self.transform == "sigmoid":
+            out = torch.sigmoid(self.sigmoid_k * r)
+        elif self.transform in ("par", "lsc", "centered", "tanh"):
             refs = self.reference_rewards(batch)
             flat = [x for t in refs for x in t.tolist()]
             last["ref_mean"] = sum(flat) / len(flat) if flat else float("nan")
@@ -220,6 +236,10 @@ class RewardModelReward(RewardComponent):
                     vals.append(ri)  # no reference: the raw reward passes through (PAR code)
                 elif self.transform == "par":
                     vals.append(torch.sigmoid(self.sigmoid_k * (ri - ref)).mean().item())
+                elif self.transform == "centered":
+                    vals.append((ri - ref).mean().item())
+                elif self.transform == "tanh":
+                    vals.append(torch.tanh(ri - ref).mean().item())
                 else:
                     std = ref.std() if ref.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)  # sample std (n − 1)
                     r_ref = ref.mean() + NormalDist().inv_cdf(self.percentile) * (std + 1e-5)
