@@ -325,7 +325,7 @@ def test_component_validation_pickling_and_kwargs():
     with pytest.raises(ValueError, match="clip_low and/or clip_high"):
         RewardModelReward(path="a", transform="clip")
     with pytest.raises(ValueError):
-        RewardModelReward(path="a", transform="tanh")
+        RewardModelReward(path="a", transform="arctan")  # PAR has it; rshape does not
     c = _component(FakeRM(), transform="raw")
     assert c(_batch(["ab"]), step=3, extra="ignored").tolist() == [2.0]
     clone = pickle.loads(pickle.dumps(c))
