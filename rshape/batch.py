@@ -76,6 +76,10 @@ class Batch:
         """[N] → [B, G]."""
         return grouped(x, self.group_size)
 
+    def counting_eos(self) -> Batch:
+        """The same rows with lengths that count the EOS of every completion that stopped (verl's convention)."""
+        return dataclasses.replace(self, lengths=self.lengths + (~self.truncated.bool()).long())
+
     def select(self, rows: torch.Tensor) -> Batch:
         """The given rows (e.g. a minibatch, or whole groups kept by dynamic sampling)."""
         idx = rows.tolist()

@@ -265,6 +265,10 @@ class Recipe(RunSettings):
     reward_combine: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
     """`sum_then_normalize`: weighted sum, then the advantage estimator; `normalize_then_sum` (GDPO): each
     component normalised in its group, weighted, summed, whitened over the batch — used as the advantage."""
+    reward_lengths: Literal["before_eos", "with_eos"] = "before_eos"
+    """The length rewards see: tokens generated before EOS (rshape, TRL), or `with_eos`, counting the EOS of a
+    completion that stopped, as verl's valid_response_length does (every threshold of LASER, DAPO, L1 and
+    ShorterBetter then matches verl's). Metrics, estimators and evaluation always count tokens before EOS."""
     schedules: dict[str, dict[str, Any]] = {}
     """Named schedules of the step (e.g. `budget`), readable by rewards and logged as `schedule/<name>`."""
     phases: list[PhaseConfig] = []

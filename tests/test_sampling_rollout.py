@@ -163,3 +163,17 @@ def test_logprobs_do_not_depend_on_chunking_or_trimming(model_and_tok):
             got, _ = token_logprobs(model, ro, chunk=chunk)
             torch.testing.assert_close(got[ro.token_mask], want[ro.token_mask], atol=1e-5, rtol=1e-5)
             assert (got[~ro.token_mask] == 0).all()
+
+
+def test_reward_lengths_with_eos_as_verl():
+    """`reward_lengths: with_eos`: rewards see L + 1 for completions that stopped (verl counts the EOS), L for
+    truncated ones; DAPO's soft zone then starts one token earlier, as in verl."""
+    from conftest import make_reward_batch
+
+    from rshape.rewards.length import DapoOverlong
+
+    b = make_reward_batch([5, 7, 8, 8], [1, 1, 1, 1], 4, truncated=[False, False, False, True], max_new_tokens=8)
+    v = b.counting_eos()
+    assert v.lengths.tolist() == [6, 8, 9, 8] and b.lengths.tolist() == [5, 7, 8, 8]
+    dapo = DapoOverlong(cache_len=2)
+    assert dapo(b).tolist() == [0.0, -0.5, -1.0, -1.0] and dapo(v).tolist() == [0.0, -1.0, -1.0, -1.0]

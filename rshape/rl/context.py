@@ -55,4 +55,4 @@ class LoopContext:
                         device=self.device, decoder=cfg.decoder)
         verify(batch, self.task)
         batch.step = self.step
-        return batch
+        return batch.counting_eos() if self.recipe.reward_lengths == "with_eos" else batch

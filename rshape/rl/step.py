@@ -100,7 +100,12 @@ def generate_and_score(t: Trainer, step: int, round_: int, context: LoopContext,
     correct = verify(batch, run.task)  # [N]
     batch.step, batch.context, batch.schedule = step, context, schedule_values
     t.sampler.observe([p.id for p in problems], batch.grouped(correct).mean(1).tolist(), step)  # before filtering
-    return Scored(batch, t.rewards.raw_scores(batch))
+    return Scored(batch, t.rewards.raw_scores(reward_view(batch, t.recipe)))
+
+
+def reward_view(batch: Batch, recipe: Recipe) -> Batch:
+    """The batch as rewards see it: `reward_lengths: with_eos` counts the EOS of stopped completions."""
+    return batch.counting_eos() if recipe.reward_lengths == "with_eos" else batch
 
 
 def dynamic_sampling(t: Trainer, step: int, scored: Scored, context: LoopContext, schedule_values: dict[str, float]
