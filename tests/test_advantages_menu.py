@@ -1,4 +1,4 @@
-"""The advantage-estimator menu of METHODS.md §6: hand values, plain-loop transcriptions of the reference
+"""The advantage-estimator menu of docs/methods.md: hand values, plain-loop transcriptions of the reference
 code (OpenRLHF, verl/DLER, Optimization-AI/DRPO, biuboomc/CANON, CodeGoat24/Pref-GRPO), DRPO's gradient."""
 
 import itertools

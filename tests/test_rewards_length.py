@@ -1,4 +1,4 @@
-"""The length family of METHODS.md §2: hand-computed values, the papers' properties, and agreement with
+"""The length family of docs/methods.md: hand-computed values, the papers' properties, and agreement with
 small re-implementations transcribed from the public reference code (plain Python loops)."""
 
 import math
