@@ -46,6 +46,7 @@ def rl(
     from rshape.recipe import RecipeError
     from rshape.rewards import RewardRuntimeError
     from rshape.rl.rollout import DecoderError
+    from rshape.rl.step import NonFiniteError
     from rshape.runs import RunDirError
     from rshape.tasks import DataError
     from rshape.validate import load_recipe
@@ -68,7 +69,7 @@ def rl(
             summary = run_phases(cfg, resume=resume, console=console)
         else:
             summary = train(cfg, resume=resume, console=console)
-    except (RunDirError, DataError, RewardRuntimeError, DecoderError) as exc:
+    except (RunDirError, DataError, RewardRuntimeError, DecoderError, NonFiniteError) as exc:
         fail(str(exc))
     print_summary(summary, Console())
 

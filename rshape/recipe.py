@@ -25,7 +25,7 @@ class RecipeError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class LoraConfig(Section):
@@ -212,7 +212,7 @@ class EvalConfig(Section):
 class SftConfig(BaseModel):
     """Settings of an `sft` phase (rshape.phases)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", use_attribute_docstrings=True)
     steps: int = Field(50, gt=0)
     """Optimizer steps."""
     batch_size: int = Field(32, gt=0)
@@ -228,7 +228,7 @@ class SftConfig(BaseModel):
 class PhaseConfig(BaseModel):
     """One entry of `phases` (rshape.phases)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", use_attribute_docstrings=True)
     name: str
     """Phase name (its run directory is `<output_dir>/<index>_<name>`)."""
     kind: Literal["rl", "sft"] = "rl"

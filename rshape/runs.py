@@ -63,10 +63,23 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def truncate_jsonl_after_step(path: Path, step: int) -> None:
-    """Drop records of steps after `step`, so a resumed run rewrites them instead of duplicating them."""
+    """Drop records of steps after `step`, so a resumed run rewrites them instead of duplicating them. A torn last
+    line (a write cut short, e.g. on a full disk) is dropped with a notice on stderr; a broken line before the last
+    is an error naming the file and line."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"notice: {path}: dropped a torn last line (a write cut short): {line[:60]!r}", file=sys.stderr)
+                break
+            raise RunDirError(f"{path}:{i + 1}: not a JSON record; the log is damaged, not only its end") from None
+        if record.get("step", 0) <= step:
+            keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
 class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     def __call__(self, t: int) -> float:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must define __call__")

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rshape.phases import phase_recipe
-from rshape.recipe import KeySource, Recipe, RecipeError, parse_recipe, validation_problems
+from rshape.recipe import KeySource, Recipe, RecipeError, read_with_overrides, validation_problems
 from rshape.registry import UnknownName
 from rshape.rewards import RewardConfigError, build_rewards
 from rshape.rl.advantages import ADVANTAGES, check_advantage_params
@@ -18,12 +18,44 @@ from rshape.schedules import parse_schedule
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe completely; raise RecipeError listing every problem at once."""
-    recipe, source = parse_recipe(path, overrides)
+    """Read, override and validate a recipe completely; raise RecipeError listing every problem at once: a schema
+    error elsewhere does not hide the checks of the rewards or of the estimator's parameters."""
+    data, source = read_with_overrides(path, overrides)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = source.validation_lines(exc)
+        located = {line.split(": ", 2)[1] for line in errors}
+        errors += [e for e in _section_errors(data, source) if e.split(": ", 2)[1] not in located]
+        raise RecipeError(errors) from None
     errors = check_recipe(recipe, source)
     if errors:
         raise RecipeError(errors)
     return recipe
+
+
+def _section_errors(data: dict, source: KeySource) -> list[str]:
+    """The registry checks of the sections that can be read on their own (rewards, the estimator's parameters),
+    for a recipe whose schema failed elsewhere."""
+    errors: list[str] = []
+    rewards = data.get("rewards")
+    if isinstance(rewards, dict) and rewards:
+        mode = data.get("reward_combine", "sum_then_normalize")
+        try:
+            build_rewards(rewards, mode=mode if mode in ("sum_then_normalize", "normalize_then_sum") else "sum_then_normalize")
+        except RewardConfigError as exc:
+            errors += [source.line(loc, msg) for loc, msg in exc.problems]
+        except Exception:  # noqa: BLE001 - a malformed section is the schema's to report
+            pass
+    algorithm = data.get("algorithm")
+    if isinstance(algorithm, dict) and isinstance(algorithm.get("advantage_params", {}), dict):
+        try:
+            fn = ADVANTAGES.get(str(algorithm.get("advantage", "grpo")))
+            errors += [source.line(("algorithm", "advantage_params", *key), msg)
+                       for key, msg in check_advantage_params(fn, algorithm.get("advantage_params", {}))]
+        except UnknownName as exc:
+            errors.append(source.line(("algorithm", "advantage"), str(exc)))
+    return errors
 
 
 def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:

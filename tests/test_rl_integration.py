@@ -85,6 +85,111 @@ def test_resume_equivalence(random_model_dir, tmp_path, extra):
         assert comparable(s) == comparable(r), name
 
 
+@pytest.mark.parametrize("where", ["final_evaluation", "summary"])
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(random_model_dir, tmp_path, monkeypatch, where):
+    """Killed during the final evaluation, or after it but before summary.json: --resume runs the final
+    evaluation again and writes the summary; every log equals an uninterrupted run's."""
+    from rshape.rl.session import RunSession
+
+    straight = tmp_path / "straight"
+    want = train(tiny_recipe(random_model_dir, straight, steps=4))
+    stopped = tmp_path / "stopped"
+    real_evaluate, real_finish = RunSession.evaluate, RunSession.finish
+
+    def evaluate(self, step):
+        m = real_evaluate(self, step)
+        if where == "final_evaluation" and step == 4:
+            raise KeyboardInterrupt  # after eval.jsonl got the final record: the worst place
+        return m
+
+    def finish(self, final_eval, steps):
+        if where == "summary":
+            raise KeyboardInterrupt
+        return real_finish(self, final_eval, steps)
+
+    monkeypatch.setattr(RunSession, "evaluate", evaluate)
+    monkeypatch.setattr(RunSession, "finish", finish)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe(random_model_dir, stopped, steps=4))
+    assert not (stopped / "summary.json").exists()
+    monkeypatch.setattr(RunSession, "evaluate", real_evaluate)
+    monkeypatch.setattr(RunSession, "finish", real_finish)
+    got = train(tiny_recipe(random_model_dir, stopped, steps=4), resume=True)
+    assert got["final_eval"] == want["final_eval"] and got["first_eval"] == want["first_eval"]
+    for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+        assert comparable(read_jsonl(stopped / name)) == comparable(read_jsonl(straight / name)), name
+    with pytest.raises(RunDirError, match="already trained 4 steps"):  # finished now: nothing more to do
+        train(tiny_recipe(random_model_dir, stopped, steps=4), resume=True)
+
+
+def test_resume_drops_a_torn_last_line(random_model_dir, tmp_path, capfd):
+    """A partial write at the end of metrics.jsonl (full disk, kill mid-write) is dropped with a notice on resume."""
+    straight = tmp_path / "straight"
+    train(tiny_recipe(random_model_dir, straight, steps=4))
+    split = tmp_path / "split"
+    train(tiny_recipe(random_model_dir, split, steps=2))
+    with open(split / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss/tot')  # torn: no closing brace, no newline
+    train(tiny_recipe(random_model_dir, split, steps=4), resume=True)
+    assert "dropped a torn last line" in capfd.readouterr().err
+    assert comparable(read_jsonl(split / "metrics.jsonl")) == comparable(read_jsonl(straight / "metrics.jsonl"))
+    from rshape.runs import truncate_jsonl_after_step
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
+    with pytest.raises(RunDirError, match=r"broken.jsonl:2: not a JSON record"):
+        truncate_jsonl_after_step(broken, 2)
+
+
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(random_model_dir, tmp_path, monkeypatch):
+    import rshape.rl.step as step_module
+    from rshape.rl.step import NonFiniteError
+
+    real_loss, real_update = step_module.clipped_policy_loss, step_module.policy_update
+    current = {"step": 0}
+
+    def update(policy, ro, advantages, recipe, optimizer, params, step):
+        current["step"] = step
+        return real_update(policy, ro, advantages, recipe, optimizer, params, step)
+
+    def poisoned(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        if current["step"] == 3:  # step 3 of a run checkpointed every 2 steps
+            terms.loss = terms.loss + float("inf")
+        return terms
+
+    monkeypatch.setattr(step_module, "policy_update", update)
+    monkeypatch.setattr(step_module, "clipped_policy_loss", poisoned)
+    out = tmp_path / "poisoned"
+    with pytest.raises(NonFiniteError, match=r"step 3: the loss is (-?inf|nan) \(not finite\)"):
+        train(tiny_recipe(random_model_dir, out, steps=4))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_000002"  # the last good state
+    assert not (out / "summary.json").exists()
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_non_finite_recipe_numbers_and_rewards_are_refused(tmp_path):
+    from rshape.recipe import RecipeError
+    from rshape.rewards import RewardRuntimeError, build_rewards
+    from rshape.validate import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("rewards:\n  correctness: {weight: .inf}\n  format: {weight: 0.2, constraint: {at_least: .nan}}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["optim.lr=.inf", "algorithm.kl_beta=.inf", "rollout.temperature=.nan",
+                        "algorithm.advantage=drpo", "algorithm.advantage_params.tau=.inf"])
+    text = "\n".join(exc.value.lines)
+    for key in ("optim.lr", "algorithm.kl_beta", "rollout.temperature", "rewards.correctness.weight",
+                "rewards.format.constraint", "algorithm.advantage_params.tau"):
+        assert key in text, key
+    from conftest import make_reward_batch
+
+    for fn, message in (("returns_inf", "returned inf for completion 0; rewards must be finite"),
+                        ("returns_text", "returned '0.5' for completion 0, not a number")):
+        with pytest.raises(RewardRuntimeError, match=message):
+            build_rewards({"u": {"type": f"user_rewards:{fn}"}}).score(make_reward_batch([1, 2], [1, 0], 2))
+
+
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
     with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)

@@ -36,3 +36,11 @@ def step_lengths(prompt, steps, problem=None):
 
 def too_few_step_scores(prompt, steps, problem=None):
     return [1.0] * (len(steps) - 1)
+
+
+def returns_inf(prompts, completions, **kwargs):
+    return [float("inf")] + [0.0] * (len(completions) - 1)
+
+
+def returns_text(prompts, completions, **kwargs):
+    return ["0.5"] * len(completions)

@@ -13,7 +13,7 @@ Bucket = Literal["easy", "medium", "hard"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 # ----------------------------------------------------------------------------------------------------- trackers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Mapping
 from typing import Any
@@ -106,10 +107,10 @@ def build_rewards(specs: Mapping[str, Any], mode: str = "sum_then_normalize") ->
                 weight = parse_schedule(raw_weight)
             except ValidationError as exc:
                 problems += _pydantic_problems(exc, (*where, "weight"), schedule=True)
-        elif isinstance(raw_weight, (int, float)) and not isinstance(raw_weight, bool):
+        elif isinstance(raw_weight, (int, float)) and not isinstance(raw_weight, bool) and math.isfinite(raw_weight):
             weight = float(raw_weight)
         else:
-            problems.append(((*where, "weight"), f"a number or a schedule, got {raw_weight!r}"))
+            problems.append(((*where, "weight"), f"a finite number or a schedule, got {raw_weight!r}"))
         is_user = not (isinstance(cls, type) and issubclass(cls, RewardComponent))
         clash = [] if is_user else sorted(set(cls.model_fields) & set(RESERVED_KEYS))
         if clash:  # the entry consumes these keys, so the component could never receive them
@@ -169,8 +170,8 @@ def build_rewards(specs: Mapping[str, Any], mode: str = "sum_then_normalize") ->
                 init = float(spec_c.get("initial", 0.0))
                 constraint = Constraint(bound=bounds[0], threshold=float(spec_c[bounds[0]]), lr=float(spec_c.get("lr", 0.1)),
                                         initial=init, value=init)
-                if constraint.lr <= 0 or init < 0:
-                    problems.append(((*where, "constraint"), "lr must be > 0 and initial ≥ 0"))
+                if constraint.lr <= 0 or init < 0 or not all(map(math.isfinite, (constraint.threshold, constraint.lr, init))):
+                    problems.append(((*where, "constraint"), "lr must be > 0 and initial ≥ 0, all finite"))
         parts.append(WeightedComponent(name=name, weight=weight, component=component, combine=combine, gate_on=gate_on,
                                        gate_threshold=gate_threshold, scheduled_params=scheduled, type_name=type_name,
                                        constraint=constraint))

@@ -43,7 +43,7 @@ class RewardComponent(BaseModel):
     The optional parts of the contract are declared here with their defaults.
     """
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", use_attribute_docstrings=True, frozen=True)
     needs_entropies: ClassVar[bool] = False  # ask the rollout for per-token sampling entropies
     multiplicative: ClassVar[bool] = False  # multiplies the summed reward (`combine: multiply`) instead of adding
     has_step_rewards: ClassVar[bool] = False  # defines `step_rewards` (`combine: per_step`, process supervision)

@@ -136,6 +136,10 @@ class RewardSet:
         raw = torch.as_tensor(raw, dtype=torch.float64).reshape(-1).cpu()  # float64 from component to total
         if raw.numel() != n:
             raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) returned {raw.numel()} values for {n} completions")
+        if torch.isinf(raw).any():
+            i = int(torch.isinf(raw).nonzero()[0])
+            raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step} returned {raw[i].item()} "
+                                     f"for completion {i}; rewards must be finite (NaN means not applicable)")
         return raw
 
     def score(self, batch: Batch) -> RewardScores:

@@ -69,10 +69,14 @@ class UserFunction(RewardComponent):
                 result.append(float("nan"))
                 continue
             try:
+                if isinstance(v, (str, bytes)):  # "0.5" is text, not a reward
+                    raise TypeError
                 f = float(v)
             except (TypeError, ValueError):
                 raise UserRewardError(f"{self.path} returned {v!r} for completion {i}, not a number") from None
             if math.isnan(f):
                 raise UserRewardError(f"{self.path} returned NaN for completion {i} (return None for 'not applicable')")
+            if math.isinf(f):
+                raise UserRewardError(f"{self.path} returned {f} for completion {i}; rewards must be finite")
             result.append(f)
         return torch.tensor(result, dtype=torch.float64)

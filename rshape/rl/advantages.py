@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +76,8 @@ def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, An
     for k, v in params.items():
         if k not in known:
             out.append(((k,), f"unknown parameter; valid: {', '.join(known) or '(none)'}"))
-        elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
-            out.append(((k,), f"expected a number, got {v!r}"))
+        elif isinstance(v, bool) or not isinstance(v, (int, float, str)) or (isinstance(v, float) and not math.isfinite(v)):
+            out.append(((k,), f"expected a finite number, got {v!r}"))
     if not out:
         example = Batch(prompts=[""] * 4, completions=[""] * 4, completion_ids=[[]] * 4,
                         lengths=torch.tensor([1, 2, 3, 4]), truncated=torch.zeros(4, dtype=torch.bool),

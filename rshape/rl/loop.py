@@ -88,7 +88,12 @@ def set_up(recipe: Recipe, resume: bool) -> tuple[Trainer, int]:
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     rewards.load_state_dict(state["reward_state"])
-    if state["step"] >= recipe.train.steps:
+    steps = recipe.train.steps
+    if state["step"] == steps and not (run.run_dir / "summary.json").is_file():
+        # trained to the end but stopped before its summary (e.g. killed during the final evaluation): finish it
+        run.resume_logs({"metrics": steps, "samples": steps, "eval": steps - 1})
+        return t, steps
+    if state["step"] >= steps:
         raise RunDirError(f"{run.run_dir}: already trained {state['step']} steps; raise train.steps to continue it")
     run.resume_logs(dict.fromkeys(logs, state["step"]))
     return t, state["step"]

@@ -9,6 +9,7 @@ evaluation, checkpoints).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
 from rshape.rl.session import RunSession
 from rshape.schedules import Schedule
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient of a step is not finite: the step is abandoned before the optimizer moves."""
 
 
 @dataclass
@@ -208,6 +213,10 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                     num_sequences=len(mb_rows), num_tokens=num_tokens, max_len=recipe.rollout.max_new_tokens,
                     ratio_level=algo.ratio_level, ref_logp=ref_logp[rows, :width] if ref_logp is not None else None,
                     kl_beta=algo.kl_beta, entropy=ent, entropy_coef=algo.entropy_coef)
+                if not torch.isfinite(terms.loss):
+                    raise NonFiniteError(f"step {step}: the loss is {terms.loss.item()} (not finite); likely causes: a "
+                                         "reward or advantage that is inf or huge, or a learning rate too high. The "
+                                         "latest checkpoint is the last good state")
                 terms.loss.backward()
                 for k in ("loss", "policy", "kl"):
                     totals[k] += getattr(terms, k).item() / (algo.epochs * algo.minibatches)
@@ -217,6 +226,10 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                     entropy_sum += (ent.detach() * mask).sum().item()
             tokens_seen += num_tokens
             grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
+            if not math.isfinite(grad_norms[-1]):
+                raise NonFiniteError(f"step {step}: the gradient norm is {grad_norms[-1]} (not finite); likely causes: "
+                                     "weights already broken by a learning rate too high, or an inf advantage. The "
+                                     "latest checkpoint is the last good state")
             optimizer.step()
     tokens_per_epoch = max(1, ro.num_tokens)
     return {
