@@ -291,14 +291,23 @@ class Recipe(RunSettings):
 # --------------------------------------------------------------------------- YAML and overrides
 
 
-def line_index(text: str) -> dict[tuple[str, ...], int]:
-    """Map every key path of a YAML document to its 1-based line."""
+def duplicate_keys(text: str) -> list[tuple[tuple[str, ...], int, int]]:
+    """(key path, first line, repeated line) of each key a YAML mapping gives twice (YAML keeps only the last)."""
+    found: list[tuple[tuple[str, ...], int, int]] = []
+    line_index(text, found)
+    return found
+
+
+def line_index(text: str, duplicates: list | None = None) -> dict[tuple[str, ...], int]:
+    """Map every key path of a YAML document to its 1-based line (`duplicates` collects keys given twice)."""
     index: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = (*path, str(k.value))
+                if key in index and duplicates is not None:
+                    duplicates.append((key, index[key], k.start_mark.line + 1))
                 index[key] = k.start_mark.line + 1
                 walk(v, key)
         elif isinstance(node, yaml.SequenceNode):
@@ -408,6 +417,12 @@ def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]
         raise RecipeError([f"{p}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
         raise RecipeError([f"{p}: a recipe is a mapping of keys, got {type(data).__name__}"])
+    if not data:
+        raise RecipeError([f"{p}: the recipe is empty; start from recipes/quickstart.yaml"])
+    twice = duplicate_keys(text)
+    if twice:
+        raise RecipeError([f"{p}:{second}: {'.'.join(key)}: given twice (also on line {first}); YAML would keep only "
+                           "this one" for key, first, second in twice])
     return data, line_index(text)
 
 

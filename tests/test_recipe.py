@@ -168,3 +168,20 @@ def test_a_new_reward_family_is_one_file(tmp_path, monkeypatch):
     finally:
         sys.path.pop(0)
     assert "| `throwaway_short` | r = -scale * L | `scale` (0.5) | a test |" in readme_tables.rewards_table()
+
+
+def test_duplicate_keys_an_empty_recipe_and_a_reward_that_exits(tmp_path):
+    dup = write(tmp_path, "seed: 1\ntrain:\n  steps: 5\n  steps: 7\nseed: 2\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(dup)
+    assert exc.value.lines == [f"{dup}:4: train.steps: given twice (also on line 3); YAML would keep only this one",
+                               f"{dup}:5: seed: given twice (also on line 1); YAML would keep only this one"]
+    for text in ("", "# only a comment\n", "{}\n"):
+        with pytest.raises(RecipeError, match="the recipe is empty; start from recipes/quickstart.yaml"):
+            load_recipe(write(tmp_path, text))
+    from conftest import make_reward_batch
+
+    from rshape.rewards import RewardRuntimeError, build_rewards
+
+    with pytest.raises(RewardRuntimeError, match="calls_exit raised SystemExit: 3"):
+        build_rewards({"bye": {"type": "user_rewards:calls_exit"}}).score(make_reward_batch([1, 2], [1, 0], 2))

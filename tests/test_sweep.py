@@ -466,3 +466,16 @@ def test_orphan_of_a_killed_driver_is_stopped_before_the_retry(tmp_path):
     launched = []
     assert run_sweep(sw, command=fake_command({}, launched)).ok
     assert orphan.wait(timeout=5) == -signal.SIGTERM and launched == [(trial.name, False)]  # stopped by a signal
+
+
+def test_a_retried_trial_reports_its_latest_error(tmp_path):
+    from rshape.sweep.run import ATTEMPT_MARK, last_error
+
+    log = tmp_path / "log.txt"
+    log.write_text(f"{ATTEMPT_MARK} 1 (start, t0)\nstep 1\nerror: out of memory\n"
+                   f"{ATTEMPT_MARK} 2 (resume, t1)\nerror: reward 'x' (user) at step 3: boom\n")
+    assert last_error(log, 1) == "reward 'x' (user) at step 3: boom"
+    log.write_text(f"{ATTEMPT_MARK} 1 (start, t0)\nerror: old\n{ATTEMPT_MARK} 2 (start, t1)\n")
+    assert last_error(log, -9) == "killed by SIGKILL"  # the new attempt said nothing: not the old error
+    log.write_text("error: before markers existed\n")
+    assert last_error(log, 1) == "before markers existed"

@@ -44,3 +44,9 @@ def returns_inf(prompts, completions, **kwargs):
 
 def returns_text(prompts, completions, **kwargs):
     return ["0.5"] * len(completions)
+
+
+def calls_exit(prompts, completions, **kwargs):
+    import sys
+
+    sys.exit(3)

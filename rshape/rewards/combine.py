@@ -130,7 +130,7 @@ class RewardSet:
         n = len(batch.completions)
         try:
             raw = wc.component_at(batch.step)(batch)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a reward that calls sys.exit() is a failing reward, not the end of rl
             raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
                                      f"{type(exc).__name__}: {exc}") from exc
         raw = torch.as_tensor(raw, dtype=torch.float64).reshape(-1).cpu()  # float64 from component to total
@@ -160,7 +160,7 @@ class RewardSet:
             component = wc.component_at(batch.step)
             try:
                 steps = component.step_rewards(batch, tokenizer)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise RewardRuntimeError(f"reward '{wc.name}' ({wc.type_name}) at step {batch.step}: "
                                          f"{type(exc).__name__}: {exc}") from exc
             out.append((wc.weight_at(batch.step), steps, component.step_normalization()))

@@ -54,7 +54,7 @@ class UserFunction(RewardComponent):
             out = self.function()(prompts=list(batch.prompts), completions=completions,
                                   completion_ids=batch.completion_ids, trainer_state={"global_step": batch.step},
                                   **columns, **self.params)
-        except Exception as exc:  # the user's code: report it on one line
+        except (Exception, SystemExit) as exc:  # the user's code (even sys.exit()): report it on one line
             raise UserRewardError(f"{self.path} raised {type(exc).__name__}: {exc}") from None
         n = len(batch.completions)
         try:

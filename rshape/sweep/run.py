@@ -30,9 +30,14 @@ def trial_command(sweep: Sweep, trial: Trial, resume: bool) -> list[str]:
     return [*argv, "--resume"] if resume else argv
 
 
+ATTEMPT_MARK = "=== attempt"
+
+
 def last_error(log: Path, returncode: int | None) -> str:
-    """The line that says why a trial failed: the first `error:` line, else the log's last line."""
+    """The line that says why the latest attempt of a trial failed: its first `error:` line, else its last line."""
     text = log.read_text(errors="replace") if log.is_file() else ""
+    if ATTEMPT_MARK in text:
+        text = text[text.rindex(ATTEMPT_MARK):].split("\n", 1)[-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errs = [ln for ln in lines if ln.startswith("error:")]
     if errs:
@@ -315,6 +320,8 @@ def _start(sweep: Sweep, state: State, trial: Trial) -> bool:
     rec.update(status="running", error=None, returncode=None, attempts=rec["attempts"] + 1, started_at=utc_now(),
                finished_at=None, duration_s=None, resumed=resume)
     state.write()
+    with open(trial.run_dir / LOG_FILE, "a", encoding="utf-8") as log:  # the log keeps every attempt, marked
+        log.write(f"{ATTEMPT_MARK} {rec['attempts']} ({'resume' if resume else 'start'}, {rec['started_at']})\n")
     _log(f"start  {trial.name}" + (" (resuming from its checkpoint)" if resume else "")
          + (f" (attempt {rec['attempts']})" if rec["attempts"] > 1 else ""))
     return resume
