@@ -408,7 +408,12 @@ def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]
     p = Path(path)
     if not p.is_file():
         raise RecipeError([f"{p}: recipe file not found"])
-    text = p.read_text()
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError([f"{p}:{line}: not UTF-8 text (save the recipe as UTF-8)"]) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

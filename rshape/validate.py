@@ -5,10 +5,13 @@ registries, and `rl`, `sweep` and `phases` load recipes through `load_recipe`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationError
 
+from rshape.models import BUILTIN_MODELS
 from rshape.phases import phase_recipe
 from rshape.recipe import KeySource, Recipe, RecipeError, read_with_overrides, validation_problems
 from rshape.registry import UnknownName
@@ -78,6 +81,7 @@ def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:
         except ValidationError as exc:  # a schedule's first location is its tag
             errors += [source.line(loc, msg) for loc, msg in validation_problems(exc, ("schedules", name), skip=1)]
     errors += _phase_errors(recipe, source)
+    errors += _model_errors(recipe, source)
     budget_source = recipe.rollout.max_new_tokens_from
     if budget_source is not None and budget_source not in recipe.schedules:
         errors.append(source.line(("rollout", "max_new_tokens_from"), f"no schedule named {budget_source!r} in `schedules`"))
@@ -104,4 +108,38 @@ def _phase_errors(recipe: Recipe, source: KeySource) -> list[str]:
             errors += [here + f"{'.'.join(loc)}: {msg}" for loc, msg in validation_problems(exc)]
             continue
         errors += [line.replace(f"{source.path}: ", here, 1) for line in check_recipe(sub, KeySource(source.path))]
+    return errors
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local directory, not a Hub id (`org/name`): it exists, starts like a path, or has more than one `/`."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _model_errors(recipe: Recipe, source: KeySource) -> list[str]:
+    """The policy and adapter must be loadable, and output_dir a directory (checked before anything is written):
+    a local directory with config.json, a shipped `builtin:` policy, or a Hub id that is cached when
+    HF_HUB_OFFLINE=1."""
+    errors: list[str] = []
+    name = recipe.model.name
+    if name.startswith("builtin:"):
+        if name not in BUILTIN_MODELS:
+            errors.append(source.line(("model", "name"), f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}"))
+    elif _looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            errors.append(source.line(("model", "name"), f"no such directory: {name}"))
+        elif not (path / "config.json").is_file():
+            errors.append(source.line(("model", "name"), f"{name} has no config.json: not a Hugging Face model "
+                                      "directory (point at the folder save_pretrained wrote)"))
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(
+            try_to_load_from_cache(name, "config.json"), str):
+        errors.append(source.line(("model", "name"), f"{name!r} is neither a local directory nor in the Hugging Face "
+                                  "cache, and HF_HUB_OFFLINE=1: download it first or give a local directory"))
+    adapter = recipe.model.adapter
+    if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        errors.append(source.line(("model", "adapter"), f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"))
+    out = Path(recipe.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        errors.append(source.line(("output_dir",), f"{recipe.output_dir} is a file, not a directory"))
     return errors

@@ -185,3 +185,44 @@ def test_duplicate_keys_an_empty_recipe_and_a_reward_that_exits(tmp_path):
 
     with pytest.raises(RewardRuntimeError, match="calls_exit raised SystemExit: 3"):
         build_rewards({"bye": {"type": "user_rewards:calls_exit"}}).score(make_reward_batch([1, 2], [1, 0], 2))
+
+
+def test_model_adapter_and_output_paths_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = tmp_path / "never_created"
+    cases = {
+        f"model.name={tmp_path / 'missing' / 'model'}": "model.name: no such directory:",
+        f"model.name={empty}": "has no config.json: not a Hugging Face model directory",
+        "model.name=some-org/some-model-not-cached": "is neither a local directory nor in the Hugging Face cache, "
+                                                     "and HF_HUB_OFFLINE=1",
+        "model.name=builtin:tiny-nothing": "unknown built-in model 'builtin:tiny-nothing'",
+        f"model.adapter={empty}": "is not a LoRA adapter directory (no adapter_config.json)",
+        f"output_dir={a_file}": "is a file, not a directory",
+    }
+    recipe = write(tmp_path, f"output_dir: {out}\n")
+    for override, message in cases.items():
+        with pytest.raises(RecipeError) as exc:
+            load_recipe(recipe, [override])
+        assert len(exc.value.lines) == 1 and message in exc.value.lines[0], (override, exc.value.lines)
+    assert not out.exists()  # validation wrote nothing
+
+
+def test_non_utf8_recipes_and_data_files_name_file_and_line(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("seed: 1\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert exc.value.lines == [f"{p}:2: not UTF-8 text (save the recipe as UTF-8)"]
+    from rshape.tasks import DataError, read_problems
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 text \(byte 16 of the line\)"):
+        read_problems(data, "prompt", "answer", None)
+    data.write_text('{"prompt": "a\tb", "answer": "1"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:1: not valid JSON \(Invalid control character at: column 14\)"):
+        read_problems(data, "prompt", "answer", None)

@@ -142,7 +142,7 @@ def test_override_round_trip(value):
 
 
 def test_sweep_file_errors_name_key_and_line(tmp_path):
-    base = tiny_recipe_yaml(tmp_path / "base.yaml", "some/model")
+    base = tiny_recipe_yaml(tmp_path / "base.yaml", "builtin:tiny-addition")
     f = write(tmp_path / "s.yaml", """\
         base: base.yaml
         grid:
@@ -184,7 +184,7 @@ def test_sweep_file_errors_name_key_and_line(tmp_path):
 
 
 def test_invalid_trial_is_marked_not_fatal(tmp_path):
-    tiny_recipe_yaml(tmp_path / "base.yaml", "some/model")
+    tiny_recipe_yaml(tmp_path / "base.yaml", "builtin:tiny-addition")
     f = write(tmp_path / "s.yaml", f"""\
         base: base.yaml
         output_dir: {tmp_path / "out"}
@@ -226,7 +226,7 @@ elif behaviour == "slow":
 
 
 def fake_sweep(tmp_path, n=4, seeds=(0,)):
-    tiny_recipe_yaml(tmp_path / "base.yaml", "some/model")
+    tiny_recipe_yaml(tmp_path / "base.yaml", "builtin:tiny-addition")
     return write(tmp_path / "s.yaml", f"""\
         base: base.yaml
         output_dir: {tmp_path / "out"}

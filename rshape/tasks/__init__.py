@@ -19,14 +19,18 @@ def read_problems(path: str | Path, prompt_key: str, answer_key: str, difficulty
                   limit: int | None = None) -> list[Problem]:
     """Problems from a JSONL file; a bad line raises DataError naming file and line."""
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 row: dict[str, Any] = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}: column {exc.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object")
             for key in (prompt_key, answer_key):
