@@ -19,7 +19,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     mode = f"avg@{k} sampled" if k > 1 else "greedy"
     n = last.get("eval/problems")
     size = f", {int(n)} problems" if n else ""
-    table = Table(title=f"eval ({mode}, held-out{size}) — step {first.get('step', 0)} → step {summary['steps']}")
+    eval_set = summary.get("eval_set", "held-out")
+    table = Table(title=f"eval ({mode}, {eval_set}{size}) — step {first.get('step', 0)} → step {summary['steps']}")
     for col in ("split", "accuracy", "final 95% interval", "mean tokens"):
         table.add_column(col, justify="right")
     suffixes = [""] + sorted({k.removeprefix("eval/accuracy") for k in last if k.startswith("eval/accuracy/")})

@@ -94,6 +94,6 @@ class RunSession:
         for log in self.logs.values():
             log.close()
         summary = {"run_dir": str(self.run_dir), "first_eval": read_jsonl(self.run_dir / "eval.jsonl")[0],
-                   "final_eval": final_eval, "steps": steps}
+                   "final_eval": final_eval, "steps": steps, "eval_set": self.task.eval_source}
         write_json(self.run_dir / "summary.json", summary)
         return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,25 @@ def build_task(cfg: Any, seed: int = 0) -> Task:
         return addition_task(cfg.difficulties, cfg.train_per_difficulty, cfg.eval_per_difficulty, seed=seed,
                              eval_seed=cfg.eval_seed)
     train = read_problems(cfg.train_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key)
+    name = Path(cfg.train_file).name
     if cfg.eval_file:
         evals = read_problems(cfg.eval_file, cfg.prompt_key, cfg.answer_key, cfg.difficulty_key, cfg.eval_size)
-    else:
-        evals, train = train[: cfg.eval_size], train[cfg.eval_size:] or train
+        source = f"held-out: {Path(cfg.eval_file).name}"
+    elif len(train) > cfg.eval_size:
+        evals, train = train[: cfg.eval_size], train[cfg.eval_size:]
+        source = f"held-out: the first {cfg.eval_size} lines of {name}"
+    else:  # never evaluate on training problems: hold out a fifth of a small file, and say so
+        if len(train) < 2:
+            raise DataError(f"{cfg.train_file}: one problem cannot be split into training and evaluation; "
+                            "add problems or give task.eval_file")
+        k = max(1, len(train) // 5)
+        evals, train = train[:k], train[k:]
+        source = f"held-out: the first {k} of {k + len(train)} lines of {name} (no eval_file, file ≤ eval_size)"
+        print(f"notice: {cfg.train_file} has {k + len(train)} problems, not more than task.eval_size "
+              f"({cfg.eval_size}): holding out the first {k} for evaluation; give task.eval_file for a real "
+              "held-out set", file=sys.stderr)
     return Task(name=Path(cfg.train_file).stem, train=train, eval=evals, verify=VERIFIERS[cfg.verifier],
-                system_prompt=cfg.system_prompt)
+                system_prompt=cfg.system_prompt, eval_source=source)
 
 
 __all__ = ["DataError", "Problem", "Task", "build_task", "read_problems"]

@@ -41,6 +41,7 @@ class Task:
     eval: list[Problem]
     verify: Callable[[str, Problem], bool]
     system_prompt: str | None = None
+    eval_source: str = "held-out"  # what the eval split is, for the end-of-run table
 
     def difficulties(self) -> list[int]:
         """Sorted difficulty buckets present in the eval split (empty when the data has none)."""
