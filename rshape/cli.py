@@ -41,6 +41,9 @@ def rl(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.steps=50.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output_dir from its latest checkpoint.")] = False,
+    accept_changes: Annotated[bool, typer.Option("--accept-changes", help="With --resume: continue with a recipe that "
+                                                 "changes keys of the run's own (recorded in recipe_changes.jsonl).")
+                              ] = False,
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
     from rshape.recipe import RecipeError
@@ -68,9 +71,9 @@ def rl(
 
             summary = run_phases(cfg, resume=resume, console=console)
         else:
-            summary = train(cfg, resume=resume, console=console)
+            summary = train(cfg, resume=resume, console=console, accept_changes=accept_changes)
     except (RunDirError, DataError, RewardRuntimeError, DecoderError, NonFiniteError) as exc:
-        fail(str(exc))
+        fail(str(exc).splitlines())
     print_summary(summary, Console())
 
 

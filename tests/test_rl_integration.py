@@ -190,6 +190,25 @@ def test_non_finite_recipe_numbers_and_rewards_are_refused(tmp_path):
             build_rewards({"u": {"type": f"user_rewards:{fn}"}}).score(make_reward_batch([1, 2], [1, 0], 2))
 
 
+def test_resume_refuses_a_different_recipe_unless_accepted(random_model_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_recipe(random_model_dir, run, steps=2))
+    with pytest.raises(RunDirError) as exc:
+        train(tiny_recipe(random_model_dir, run, steps=4, **{"optim.lr": 0.05, "rollout.group_size": 2}), resume=True)
+    lines = str(exc.value).splitlines()
+    assert lines[1:3] == ["  optim.lr: 0.01 → 0.05", "  rollout.group_size: 4 → 2"] and "--accept-changes" in lines[-1]
+    assert not (run / "recipe_changes.jsonl").exists() and [e["step"] for e in read_jsonl(run / "eval.jsonl")] == [0, 2]
+    # safe keys (train.steps, eval.*) need no flag; every accepted change is recorded with its step
+    train(tiny_recipe(random_model_dir, run, steps=3, **{"eval.every": 3}), resume=True)
+    assert [(c["step"], c["key"], c["old"], c["new"]) for c in read_jsonl(run / "recipe_changes.jsonl")] == [
+        (2, "eval.every", 2, 3), (2, "train.steps", 2, 3)]
+    train(tiny_recipe(random_model_dir, run, steps=4, **{"eval.every": 3, "optim.lr": 0.05}), resume=True,
+          accept_changes=True)
+    changes = read_jsonl(run / "recipe_changes.jsonl")
+    assert [(c["step"], c["key"]) for c in changes[2:]] == [(3, "optim.lr"), (3, "train.steps")]
+    assert "lr: 0.05" in (run / "recipe.yaml").read_text()  # recipe.yaml describes the run as it continued
+
+
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
     with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)

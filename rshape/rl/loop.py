@@ -18,21 +18,23 @@ Sampling noise is keyed by (seed, step, prompt id, sample index), so runs and re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rshape.batch import verify
 from rshape.curriculum import CurriculumSampler
 from rshape.progress import StepProgress
-from rshape.recipe import Recipe
+from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import build_rewards
 from rshape.rl.advantages import ADVANTAGES
 from rshape.rl.rollout import check_decoder, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.rl.session import RunSession
 from rshape.rl.step import Trainer, rl_step
-from rshape.runs import RunDirError, restore_checkpoint
+from rshape.runs import JsonlWriter, RunDirError, restore_checkpoint
 from rshape.sampler import PromptSampler
 from rshape.schedules import lr_factor, parse_schedule
 
@@ -62,8 +64,38 @@ def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.d
     return estimate
 
 
-def set_up(recipe: Recipe, resume: bool) -> tuple[Trainer, int]:
-    """Everything a step needs, fresh or restored from the latest checkpoint; returns it and the last step done."""
+# keys a resumed run may change without --accept-changes: they do not alter what the finished steps computed
+SAFE_ON_RESUME = ("train.steps", "train.progress", "train.log_samples", "train.checkpoint_every", "eval.", "threads",
+                  "device", "output_dir")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()} if d else {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def recipe_changes(recipe: Recipe) -> list[tuple[str, Any, Any]]:
+    """(key, the run's value, the new value) for every key the resumed recipe changes from the run's recipe.yaml."""
+    saved = Path(recipe.output_dir) / "recipe.yaml"
+    if not saved.is_file():
+        return []
+    old, new = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(recipe.model_dump(mode="json"))
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False) -> tuple[Trainer, int]:
+    """Everything a step needs, fresh or restored from the latest checkpoint; returns it and the last step done.
+
+    A resumed run must be the same run: a changed key outside SAFE_ON_RESUME is refused (one line per key) unless
+    `accept_changes`; accepted changes are recorded in recipe_changes.jsonl with the step they took effect at."""
+    changes = recipe_changes(recipe) if resume else []
+    unsafe = [c for c in changes if not any(c[0] == s or (s.endswith(".") and c[0].startswith(s)) for s in SAFE_ON_RESUME)]
+    if unsafe and not accept_changes:
+        raise RunDirError("\n".join([f"{recipe.output_dir}: --resume with a recipe that differs from the run's:"]
+                                    + [f"  {k}: {old!r} → {new!r}" for k, old, new in unsafe]
+                                    + ["resume with the run's own settings, or pass --accept-changes to continue "
+                                       "with these (recorded in recipe_changes.jsonl)"]))
     run = RunSession.open(recipe, resume, keep_reference=recipe.algorithm.kl_beta > 0)
     rewards = build_rewards(recipe.rewards, mode=recipe.reward_combine)
     check_decoder(run.model, recipe.rollout.decoder)  # before anything is written to the run directory
@@ -92,11 +124,24 @@ def set_up(recipe: Recipe, resume: bool) -> tuple[Trainer, int]:
     if state["step"] == steps and not (run.run_dir / "summary.json").is_file():
         # trained to the end but stopped before its summary (e.g. killed during the final evaluation): finish it
         run.resume_logs({"metrics": steps, "samples": steps, "eval": steps - 1})
+        record_changes(run, changes, steps)
         return t, steps
     if state["step"] >= steps:
         raise RunDirError(f"{run.run_dir}: already trained {state['step']} steps; raise train.steps to continue it")
     run.resume_logs(dict.fromkeys(logs, state["step"]))
+    record_changes(run, changes, state["step"])
     return t, state["step"]
+
+
+def record_changes(run: RunSession, changes: list[tuple[str, Any, Any]], step: int) -> None:
+    """Append the accepted changes to recipe_changes.jsonl and make recipe.yaml describe the run as it continues."""
+    if not changes:
+        return
+    log = JsonlWriter(run.run_dir / "recipe_changes.jsonl")
+    for key, old, new in changes:
+        log.write({"step": step, "key": key, "old": old, "new": new})
+    log.close()
+    (run.run_dir / "recipe.yaml").write_text(recipe_to_yaml(run.recipe))
 
 
 def checkpoint(t: Trainer, step: int) -> None:
@@ -104,9 +149,9 @@ def checkpoint(t: Trainer, step: int) -> None:
                      sampler=t.sampler.state_dict(), torch_rng=torch.get_rng_state(), reward_state=t.rewards.state_dict())
 
 
-def train(recipe: Recipe, resume: bool = False, console: Any = None) -> dict[str, Any]:
+def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_changes: bool = False) -> dict[str, Any]:
     """Run `rshape rl` as the recipe says; returns the summary (first and last eval)."""
-    t, start_step = set_up(recipe, resume)
+    t, start_step = set_up(recipe, resume, accept_changes)
     run, steps = t.run, recipe.train.steps
     if start_step == 0:
         run.evaluate(0)
