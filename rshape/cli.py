@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -61,7 +62,7 @@ def rl(
     from rich.console import Console
 
     from rshape.report import print_summary
-    from rshape.rl.loop import train
+    from rshape.rl.loop import RunInterrupted, train
 
     console = Console(stderr=True)
     warn_if_cpu_contended(cfg, console)
@@ -74,6 +75,10 @@ def rl(
             summary = train(cfg, resume=resume, console=console, accept_changes=accept_changes)
     except (RunDirError, DataError, RewardRuntimeError, DecoderError, NonFiniteError) as exc:
         fail(str(exc).splitlines())
+    except RunInterrupted as exc:
+        print(f"stopped: {exc}\nresume with: rshape rl {recipe} {' '.join(overrides or [])} --resume".replace("  ", " "),
+              file=sys.stderr)
+        raise typer.Exit(128 + int(getattr(signal, exc.signal_name))) from None
     print_summary(summary, Console())
 
 

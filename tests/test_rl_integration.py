@@ -209,6 +209,44 @@ def test_resume_refuses_a_different_recipe_unless_accepted(random_model_dir, tmp
     assert "lr: 0.05" in (run / "recipe.yaml").read_text()  # recipe.yaml describes the run as it continued
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(random_model_dir, tmp_path, signame):
+    """A real signal to `rshape rl`: the current step finishes, its checkpoint is written, one line says how to
+    resume (exit 128 + signal); --resume then gives the metrics of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    run = tmp_path / "run"
+    data = tiny_recipe(random_model_dir, run, steps=400).model_dump(mode="json")
+    data["train"]["checkpoint_every"] = 1000  # no scheduled checkpoint: only the signal writes one
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rshape.cli", "rl", str(recipe)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, signame), err
+    done = len(read_jsonl(metrics))
+    assert f"stopped by {signame} after step {done}; its checkpoint is written" in err and "--resume" in err
+    assert "Traceback" not in err
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{done:06d}"
+    resumed = train(tiny_recipe(random_model_dir, run, steps=done + 1, **{"train.checkpoint_every": 1000}), resume=True)
+    straight = train(tiny_recipe(random_model_dir, tmp_path / "straight", steps=done + 1,
+                                 **{"train.checkpoint_every": 1000}))
+    assert comparable(read_jsonl(metrics)) == comparable(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert resumed["final_eval"] == straight["final_eval"]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
     with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)

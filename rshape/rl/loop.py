@@ -18,6 +18,10 @@ Sampling noise is keyed by (seed, step, prompt id, sample index), so runs and re
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +153,44 @@ def checkpoint(t: Trainer, step: int) -> None:
                      sampler=t.sampler.state_dict(), torch_rng=torch.get_rng_state(), reward_state=t.rewards.state_dict())
 
 
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a finished step, with a checkpoint of that step written."""
+
+    def __init__(self, step: int, run_dir: Path, signal_name: str) -> None:
+        self.step, self.run_dir, self.signal_name = step, run_dir, signal_name
+        super().__init__(f"{run_dir}: stopped by {signal_name} after step {step}; its checkpoint is written")
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict[str, str | None]]:
+    """While a run trains, SIGINT / SIGTERM ask it to stop after the current step (a second one stops at once)."""
+    flag: dict[str, str | None] = {"signal": None}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_changes: bool = False) -> dict[str, Any]:
-    """Run `rshape rl` as the recipe says; returns the summary (first and last eval)."""
+    """Run `rshape rl` as the recipe says; returns the summary (first and last eval). SIGINT / SIGTERM stop it after
+    the current step with a checkpoint (RunInterrupted), so that --resume continues exactly."""
     t, start_step = set_up(recipe, resume, accept_changes)
     run, steps = t.run, recipe.train.steps
     if start_step == 0:
         run.evaluate(0)
-    with StepProgress(steps, start_step, enabled=recipe.train.progress, console=console) as progress:
+    with stop_requests() as stop, StepProgress(steps, start_step, enabled=recipe.train.progress,
+                                               console=console) as progress:
         for step in range(start_step + 1, steps + 1):
             record = rl_step(t, step)
             run.logs["metrics"].write(record.metrics)
@@ -164,8 +199,12 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_chan
             progress.update(step, record.metrics)
             if recipe.eval.every and step % recipe.eval.every == 0 and step != steps:
                 run.evaluate(step)
-            if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0:
+            on_schedule = bool(recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0)
+            if on_schedule or stop["signal"]:
                 checkpoint(t, step)
+            if stop["signal"]:
+                run.close_logs()
+                raise RunInterrupted(step, run.run_dir, stop["signal"])
     final_eval = run.evaluate(steps)
     if not (recipe.train.checkpoint_every and steps % recipe.train.checkpoint_every == 0):
         checkpoint(t, steps)

@@ -89,10 +89,13 @@ class RunSession:
         save_checkpoint(self.run_dir, step, self.model, {"step": step, "trainable": trainable_state_dict(self.model),
                                                          **state}, tokenizer=self.tokenizer)
 
-    def finish(self, final_eval: dict[str, float], steps: int) -> dict[str, Any]:
-        """Close the logs and write summary.json (first and final evaluation)."""
+    def close_logs(self) -> None:
         for log in self.logs.values():
             log.close()
+
+    def finish(self, final_eval: dict[str, float], steps: int) -> dict[str, Any]:
+        """Close the logs and write summary.json (first and final evaluation)."""
+        self.close_logs()
         summary = {"run_dir": str(self.run_dir), "first_eval": read_jsonl(self.run_dir / "eval.jsonl")[0],
                    "final_eval": final_eval, "steps": steps, "eval_set": self.task.eval_source}
         write_json(self.run_dir / "summary.json", summary)
