@@ -364,6 +364,8 @@ class KeySource:
         for n in range(len(loc), 0, -1):
             if loc[:n] in self.lines:
                 return f"{self.path}:{self.lines[loc[:n]]}"
+            if any(o[:n] == loc[:n] for o in self.overridden):  # an entry only the command line created
+                return "command line"
         return self.path
 
     def line(self, loc: tuple[str, ...], message: str, at: tuple[str, ...] | None = None) -> str:
@@ -435,10 +437,17 @@ def read_with_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]
     """A recipe file's mapping with dotted `key=value` overrides applied, and where each key came from."""
     data, lines = load_recipe_dict(path)
     source = KeySource(str(path), lines)
+    bad: list[str] = []
     for item in overrides:
-        keys, value = parse_override(item)
+        try:
+            keys, value = parse_override(item)
+        except RecipeError as exc:  # report every bad override, not only the first
+            bad += [f"command line: {line}" for line in exc.lines]
+            continue
         apply_override(data, keys, value)
         source.overridden.add(tuple(keys))
+    if bad:
+        raise RecipeError(bad)
     return data, source
 
 

@@ -260,3 +260,14 @@ def test_jsonl_evaluation_never_uses_training_problems(tmp_path, capfd):
     print_summary({"first_eval": ev, "final_eval": {**ev, "step": 2}, "steps": 2, "run_dir": "x",
                    "eval_set": small.eval_source}, console)
     assert "no eval_file" in " ".join(console.export_text().split())  # the title wraps
+
+
+def test_every_bad_override_and_command_line_entries_are_reported_as_such(tmp_path):
+    p = write(tmp_path, "seed: 1\nrewards:\n  correctness: {weight: 1.0}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["nonsense", "train.steps=3", "=5"])
+    assert exc.value.lines == ["command line: override 'nonsense': expected key=value, e.g. train.steps=50",
+                               "command line: override '=5': empty key"]
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["rewards.lenght.weight=0.3"])  # an entry that exists only on the command line
+    assert exc.value.lines[0].startswith("command line: rewards.lenght.type: unknown reward 'lenght'")
