@@ -158,7 +158,11 @@ def prepare_run_dir(path: str | Path, resume: bool) -> Path:
         raise RunDirError(f"{run}: a run already exists there; pass --resume to continue it or choose another output_dir")
     if (run / "metrics.jsonl").exists():
         raise RunDirError(f"{run}: a run already exists there, and {restart}")
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only filesystem, no permission, a file in the way...
+        raise RunDirError(f"{run}: cannot create the run directory ({exc.strerror or exc}); choose a writable "
+                          "output_dir") from None
     return run
 
 
@@ -170,16 +174,21 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     `trainer_state` holds the optimiser, scheduler, RNG, data cursor and per-prompt state.
     """
     root = run_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     tmp = root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model")
-    if tokenizer is not None:  # so the saved model loads on its own (full fine-tuning, the next phase)
-        tokenizer.save_pretrained(tmp / "model")
-    torch.save(trainer_state, tmp / "state.pt")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        model.save_pretrained(tmp / "model")
+        if tokenizer is not None:  # so the saved model loads on its own (full fine-tuning, the next phase)
+            tokenizer.save_pretrained(tmp / "model")
+        torch.save(trainer_state, tmp / "state.pt")
+    except OSError as exc:  # disk full, quota, read-only: the previous checkpoint stays `latest`, untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"{run_dir}: could not write the checkpoint of step {step} ({exc.strerror or exc}); the "
+                          "previous checkpoint is intact: free space, then --resume") from None
     final = root / name
     if final.exists():
         shutil.rmtree(final)

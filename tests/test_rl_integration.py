@@ -247,6 +247,42 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(ran
     assert resumed["final_eval"] == straight["final_eval"]
 
 
+def test_unwritable_output_and_a_full_disk_are_one_line_and_lose_nothing(random_model_dir, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import rshape.runs as runs
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "readonly" in str(self):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(RunDirError, match="cannot create the run directory \\(Read-only file system\\); choose a writable"):
+        train(tiny_recipe(random_model_dir, tmp_path / "readonly" / "run"))
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    run = tmp_path / "full"
+    real_save = runs.torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if "step_000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(runs.torch, "save", full_disk)
+    with pytest.raises(RunDirError, match="could not write the checkpoint of step 4 \\(No space left on device\\); the "
+                                          "previous checkpoint is intact"):
+        train(tiny_recipe(random_model_dir, run, steps=4))
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    assert not list((run / "checkpoints").glob(".step_*.tmp"))  # the partial checkpoint is removed
+    monkeypatch.setattr(runs.torch, "save", real_save)
+    train(tiny_recipe(random_model_dir, run, steps=4), resume=True)  # space freed: the run continues
+    assert (run / "summary.json").is_file()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
     with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)
