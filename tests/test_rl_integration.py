@@ -283,6 +283,59 @@ def test_unwritable_output_and_a_full_disk_are_one_line_and_lose_nothing(random_
     assert (run / "summary.json").is_file()
 
 
+def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_run(random_model_dir, tmp_path):
+    """Fault injection with real SIGKILLs: mid-training, right after a checkpoint, and between the last checkpoint
+    and summary.json. After each kill `rshape rl --resume` continues (a run killed before its first checkpoint is
+    started again); the finished run's logs equal an uninterrupted run's."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    run = tmp_path / "killed"
+    data = tiny_recipe(random_model_dir, run, steps=6).model_dump(mode="json")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    latest = run / "checkpoints" / "latest"
+
+    def metrics_lines() -> int:
+        f = run / "metrics.jsonl"
+        return len(f.read_text().splitlines()) if f.is_file() else 0
+
+    kill_when = [  # the moments to SIGKILL at, in order
+        lambda: metrics_lines() >= 1,
+        lambda: latest.is_file() and latest.read_text().strip() == "step_000004",
+        lambda: latest.is_file() and latest.read_text().strip() == "step_000006",  # final evaluation under way
+    ]
+    for when in kill_when:
+        resume = latest.is_file()
+        if not resume and run.exists():
+            shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume from
+        proc = subprocess.Popen([sys.executable, "-m", "rshape.cli", "rl", str(recipe), *(["--resume"] if resume else [])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and not when() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if (run / "summary.json").is_file():
+            break
+    while not (run / "summary.json").is_file():
+        out = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(recipe), "--resume"], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+    straight = tmp_path / "straight"
+    train(tiny_recipe(random_model_dir, straight, steps=6))
+    for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+        assert comparable(read_jsonl(run / name)) == comparable(read_jsonl(straight / name)), name
+
+
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
     with pytest.raises(RunDirError, match="no checkpoint found there; nothing to resume"):
         train(tiny_recipe(random_model_dir, tmp_path / "none"), resume=True)
