@@ -48,21 +48,26 @@ def rl(
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
     from rshape.recipe import RecipeError
-    from rshape.rewards import RewardRuntimeError
-    from rshape.rl.rollout import DecoderError
-    from rshape.rl.step import NonFiniteError
-    from rshape.runs import RunDirError
-    from rshape.tasks import DataError
-    from rshape.validate import load_recipe
+    from rshape.validate import load_recipe  # validation first: no model library is imported before it answers
 
     try:
         cfg = load_recipe(recipe, overrides or [])
     except RecipeError as exc:
         fail(exc.lines)
+    from rshape.runs import RunDirError, check_run_dir
+
+    try:  # a run directory that cannot be used is reported before the model libraries load
+        check_run_dir(cfg.output_dir, resume, cfg.train.steps)
+    except RunDirError as exc:
+        fail(str(exc).splitlines())
     from rich.console import Console
 
     from rshape.report import print_summary
+    from rshape.rewards import RewardRuntimeError
     from rshape.rl.loop import RunInterrupted, train
+    from rshape.rl.rollout import DecoderError
+    from rshape.rl.step import NonFiniteError
+    from rshape.tasks import DataError
 
     console = Console(stderr=True)
     warn_if_cpu_contended(cfg, console)

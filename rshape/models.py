@@ -11,11 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rshape.recipe import ModelConfig
-from rshape.tasks.warmstart import WORLDS, build_world
-
-# built-in policies (one per world of rshape.tasks.warmstart, which rebuilds it): name → world, name → directory
-BUILTIN_WORLDS = {f"builtin:tiny-{world}": world for world in WORLDS}
-BUILTIN_MODELS = {name: WORLDS[world].out_dir for name, world in BUILTIN_WORLDS.items()}
+from rshape.tasks.warmstart import build_world
+from rshape.tasks.worlds import BUILTIN_MODELS, BUILTIN_WORLDS
 
 
 def resolve_device(name: str = "auto") -> torch.device:

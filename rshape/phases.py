@@ -22,36 +22,12 @@ from typing import Any
 
 import torch
 
-from rshape.recipe import PhaseConfig, Recipe, SftConfig, apply_override
+from rshape.recipe import Recipe, SftConfig, phase_recipe
 from rshape.rl.loop import train
 from rshape.rl.rollout import positions_from_mask, render_prompt
 from rshape.rl.session import RunSession
 from rshape.runs import latest_checkpoint, read_jsonl, restore_checkpoint, write_json
 from rshape.tasks.arithmetic import make_trace
-
-
-def phase_recipe(base: dict[str, Any], phase: PhaseConfig, index: int, previous: Path | None, lora: bool) -> dict[str, Any]:
-    """The plain recipe dict of one phase: base + overrides, its own run dir, the previous weights."""
-    data = {k: v for k, v in base.items() if k != "phases"}
-    data = _deep_copy(data)
-    for key, value in phase.overrides.items():
-        apply_override(data, key.split("."), value)
-    data["output_dir"] = str(Path(base["output_dir"]) / f"{index}_{phase.name}")
-    if previous is not None:
-        model = data.setdefault("model", {})
-        if lora:
-            model["adapter"] = str(previous / "model")
-        else:
-            model["name"] = str(previous / "model")
-    return data
-
-
-def _deep_copy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _deep_copy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deep_copy(v) for v in x]
-    return x
 
 
 def run_phases(recipe: Any, resume: bool = False, console: Any = None) -> dict[str, Any]:

@@ -490,3 +490,27 @@ def describe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tup
         rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...").strip(),
                      (f.description or "").replace("\n", " ")))
     return rows
+
+
+def phase_recipe(base: dict[str, Any], phase: PhaseConfig, index: int, previous: Path | None, lora: bool) -> dict[str, Any]:
+    """The plain recipe dict of one phase: base + overrides, its own run dir, the previous weights."""
+    data = {k: v for k, v in base.items() if k != "phases"}
+    data = _deep_copy(data)
+    for key, value in phase.overrides.items():
+        apply_override(data, key.split("."), value)
+    data["output_dir"] = str(Path(base["output_dir"]) / f"{index}_{phase.name}")
+    if previous is not None:
+        model = data.setdefault("model", {})
+        if lora:
+            model["adapter"] = str(previous / "model")
+        else:
+            model["name"] = str(previous / "model")
+    return data
+
+
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x

@@ -145,19 +145,37 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def prepare_run_dir(path: str | Path, resume: bool) -> Path:
-    """Create the run directory; refuse to write over an existing run unless resuming."""
-    run = Path(path)
+def refuse_run_dir(run: Path, resume: bool) -> None:
+    """Raise RunDirError when `run` cannot be started (a run is there) or resumed (no checkpoint there)."""
     restart = "it stopped before its first checkpoint: delete it or choose another output_dir to start again"
     if resume:
         if latest_checkpoint(run) is None:
             raise RunDirError(f"{run}: --resume given but no checkpoint found there; "
                               + (restart if (run / "metrics.jsonl").exists() else "nothing to resume"))
-        return run
+        return
     if latest_checkpoint(run) is not None:
         raise RunDirError(f"{run}: a run already exists there; pass --resume to continue it or choose another output_dir")
     if (run / "metrics.jsonl").exists():
         raise RunDirError(f"{run}: a run already exists there, and {restart}")
+
+
+def check_run_dir(path: str | Path, resume: bool, steps: int) -> None:
+    """The run-directory problems found without loading a model: `refuse_run_dir`'s, and a finished run that
+    --resume cannot extend (latest checkpoint at ≥ `steps` and summary.json written)."""
+    run = Path(path)
+    refuse_run_dir(run, resume)
+    latest = latest_checkpoint(run) if resume else None
+    if latest is not None and int(latest.name.removeprefix("step_")) >= steps and (run / "summary.json").is_file():
+        raise RunDirError(f"{run}: already trained {int(latest.name.removeprefix('step_'))} steps; raise train.steps "
+                          "to continue it")
+
+
+def prepare_run_dir(path: str | Path, resume: bool) -> Path:
+    """Create the run directory; refuse to write over an existing run unless resuming."""
+    run = Path(path)
+    refuse_run_dir(run, resume)
+    if resume:
+        return run
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # read-only filesystem, no permission, a file in the way...

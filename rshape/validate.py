@@ -11,13 +11,12 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationError
 
-from rshape.models import BUILTIN_MODELS
-from rshape.phases import phase_recipe
-from rshape.recipe import KeySource, Recipe, RecipeError, read_with_overrides, validation_problems
+from rshape.recipe import KeySource, Recipe, RecipeError, phase_recipe, read_with_overrides, validation_problems
 from rshape.registry import UnknownName
 from rshape.rewards import RewardConfigError, build_rewards
 from rshape.rl.advantages import ADVANTAGES, check_advantage_params
 from rshape.schedules import parse_schedule
+from rshape.tasks.worlds import BUILTIN_MODELS
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rshape.models import BUILTIN_WORLDS, resolve_model_path
 from rshape.tasks.arithmetic import addition_task
 from rshape.tasks.warmstart import (
-    WORLDS,
     format_abbreviated,
     format_front,
     format_kinds,
@@ -28,6 +27,7 @@ from rshape.tasks.warmstart import (
     measure_options,
     measure_policy,
 )
+from rshape.tasks.worlds import WORLDS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -271,3 +271,30 @@ def test_every_bad_override_and_command_line_entries_are_reported_as_such(tmp_pa
     with pytest.raises(RecipeError) as exc:
         load_recipe(p, ["rewards.lenght.weight=0.3"])  # an entry that exists only on the command line
     assert exc.value.lines[0].startswith("command line: rewards.lenght.type: unknown reward 'lenght'")
+
+
+def test_validation_and_run_dir_checks_load_no_model_library(tmp_path):
+    """`rshape rl` answers a bad recipe or an unusable run directory before transformers (or a model) loads: the
+    CLI, the validator and the run-directory check import only torch (through the reward registry)."""
+    bad = write(tmp_path, "rollout: {group_siz: 4}\n")
+    code = f"""
+import sys
+import rshape.cli
+from rshape.recipe import RecipeError
+from rshape.validate import load_recipe
+from rshape.runs import RunDirError, check_run_dir
+try:
+    load_recipe({str(bad)!r})
+except RecipeError:
+    pass
+(__import__("pathlib").Path({str(tmp_path / "run")!r}) / "checkpoints").mkdir(parents=True)
+try:
+    check_run_dir({str(tmp_path / "run")!r}, True, 10)
+except RunDirError:
+    pass
+print(sorted(m for m in ("transformers", "peft", "bitsandbytes") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

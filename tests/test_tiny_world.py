@@ -24,7 +24,6 @@ from rshape.tasks.arithmetic import (  # noqa: E402
 )
 from rshape.tasks.tokenizer import TAG_TOKENS, build_char_tokenizer  # noqa: E402
 from rshape.tasks.warmstart import (  # noqa: E402
-    ASSET_DIR,
     abbreviated_columns,
     build_warmstart,
     classify_trace,
@@ -33,6 +32,7 @@ from rshape.tasks.warmstart import (  # noqa: E402
     measure_policy,
     normalise_mixes,
 )
+from rshape.tasks.worlds import ASSET_DIR  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

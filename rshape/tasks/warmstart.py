@@ -26,7 +26,6 @@ import random
 import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,40 +45,12 @@ from rshape.tasks.arithmetic import (
 )
 from rshape.tasks.base import Task
 from rshape.tasks.tokenizer import build_char_tokenizer
-
-DEFAULT_MODE_MIX: dict[str, float] = {"overthink": 0.55, "full": 0.27, "direct": 0.11, "malformed": 0.07}
-DEFAULT_DIFFICULTIES = (1, 2, 3, 4)
-# 1-digit problems are cheap and the only ones where a direct answer can be learnt (by heart)
-DEFAULT_DIFFICULTY_WEIGHTS = (2.0, 1.5, 2.0, 2.5)
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-ASSET_DIR = ASSETS / "tiny-addition"
-
-
-@dataclass(frozen=True)
-class World:
-    """A built-in world's warm-start recipe: its trace mixture, digit counts and SFT length; its policy is
-    `builtin:tiny-<key>` in `WORLDS`, shipped in `out_dir`."""
-
-    out_dir: Path
-    mode_mix: dict  # {mode: weight}, or {difficulty: {mode: weight}} for a mixture per difficulty
-    difficulties: tuple[int, ...]
-    difficulty_weights: tuple[float, ...]
-    steps: int
-    eval_per_difficulty: int
-    max_new_tokens: int = 128
-
-
-WORLDS: dict[str, World] = {
-    # the original world: overthink / full / direct / malformed on 1-4 digits
-    "addition": World(ASSET_DIR, DEFAULT_MODE_MIX, DEFAULT_DIFFICULTIES, DEFAULT_DIFFICULTY_WEIGHTS,
-                      steps=900, eval_per_difficulty=50),
-    # the graded world: abbreviated column steps (short / mixed traces) on 2-5 digits
-    "graded": World(ASSETS / "tiny-graded",
-                    {"overthink_partial": 0.24, "partial": 0.08, "overthink": 0.12, "full": 0.10,
-                     "overthink_mixed": 0.10, "mixed": 0.08, "overthink_short": 0.06, "short": 0.06,
-                     "direct": 0.09, "malformed": 0.07},
-                    (2, 3, 4, 5), (1.0, 1.0, 1.2, 1.4), steps=2400, eval_per_difficulty=250),
-}
+from rshape.tasks.worlds import (
+    DEFAULT_DIFFICULTIES,
+    DEFAULT_DIFFICULTY_WEIGHTS,
+    DEFAULT_MODE_MIX,
+    WORLDS,
+)
 
 _STRUCTURE_RE = re.compile(r"^<think>.*</think><answer>.*</answer>$", re.DOTALL)
 
