@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationError
@@ -36,44 +37,43 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
+def _reward_errors(rewards: Any, mode: str, source: KeySource) -> list[str]:
+    """Reward types, parameters, weights, gates and constraints (rshape.rewards.build_rewards's problems)."""
+    try:
+        build_rewards(rewards, mode=mode)
+    except RewardConfigError as exc:
+        return [source.line(loc, msg) for loc, msg in exc.problems]
+    return []
+
+
+def _estimator_errors(name: str, params: dict[str, Any], source: KeySource) -> list[str]:
+    """The advantage estimator's name and parameters."""
+    try:
+        fn = ADVANTAGES.get(name)
+    except UnknownName as exc:
+        return [source.line(("algorithm", "advantage"), str(exc))]
+    return [source.line(("algorithm", "advantage_params", *key), msg) for key, msg in check_advantage_params(fn, params)]
+
+
 def _section_errors(data: dict, source: KeySource) -> list[str]:
     """The registry checks of the sections that can be read on their own (rewards, the estimator's parameters),
     for a recipe whose schema failed elsewhere."""
     errors: list[str] = []
     rewards = data.get("rewards")
-    if isinstance(rewards, dict) and rewards:
-        mode = data.get("reward_combine", "sum_then_normalize")
-        try:
-            build_rewards(rewards, mode=mode if mode in ("sum_then_normalize", "normalize_then_sum") else "sum_then_normalize")
-        except RewardConfigError as exc:
-            errors += [source.line(loc, msg) for loc, msg in exc.problems]
-        except Exception:  # noqa: BLE001 - a malformed section is the schema's to report
-            pass
+    if isinstance(rewards, dict) and rewards and all(isinstance(v, dict) for v in rewards.values()):
+        mode = data.get("reward_combine")
+        errors += _reward_errors(rewards, mode if mode == "normalize_then_sum" else "sum_then_normalize", source)
     algorithm = data.get("algorithm")
     if isinstance(algorithm, dict) and isinstance(algorithm.get("advantage_params", {}), dict):
-        try:
-            fn = ADVANTAGES.get(str(algorithm.get("advantage", "grpo")))
-            errors += [source.line(("algorithm", "advantage_params", *key), msg)
-                       for key, msg in check_advantage_params(fn, algorithm.get("advantage_params", {}))]
-        except UnknownName as exc:
-            errors.append(source.line(("algorithm", "advantage"), str(exc)))
+        errors += _estimator_errors(str(algorithm.get("advantage", "grpo")), algorithm.get("advantage_params", {}), source)
     return errors
 
 
 def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:
     """Validate what the schema cannot: reward names and parameters, estimator parameters, schedules, phases,
     the token-budget schedule and data files. One error line each."""
-    errors: list[str] = []
-    try:
-        build_rewards(recipe.rewards, mode=recipe.reward_combine)
-    except RewardConfigError as exc:
-        errors += [source.line(loc, msg) for loc, msg in exc.problems]
-    try:
-        fn = ADVANTAGES.get(recipe.algorithm.advantage)
-        errors += [source.line(("algorithm", "advantage_params", *key), msg)
-                   for key, msg in check_advantage_params(fn, recipe.algorithm.advantage_params)]
-    except UnknownName as exc:
-        errors.append(source.line(("algorithm", "advantage"), str(exc)))
+    errors = _reward_errors(recipe.rewards, recipe.reward_combine, source)
+    errors += _estimator_errors(recipe.algorithm.advantage, recipe.algorithm.advantage_params, source)
     for name, spec in recipe.schedules.items():
         try:
             parse_schedule(spec)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rshape.recipe import validation_problems
 from rshape.registry import UnknownName, load_dotted
 from rshape.rewards.base import REWARDS, RewardComponent
 from rshape.rewards.combine import Constraint, RewardRuntimeError, RewardScores, RewardSet, WeightedComponent
@@ -49,15 +50,11 @@ def _schedule_extremes(s: Schedule) -> list[float]:
 
 def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...], schedule: bool = False
                        ) -> list[tuple[tuple[str, ...], str]]:
-    out = []
-    for err in exc.errors():
-        loc = (*prefix, *(str(p) for p in err["loc"][1 if schedule else 0:]))  # a schedule's first loc is its tag
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_invalid":
-            got = err["input"].get("schedule")
-            msg = f"unknown schedule {got!r}; valid: {', '.join(SCHEDULE_KINDS)}"
-        out.append((loc, msg))
-    return out
+    """rshape.recipe.validation_problems, naming the valid kinds when a schedule's kind is unknown."""
+    out = validation_problems(exc, prefix, skip=1 if schedule else 0)  # a schedule's first location is its tag
+    kinds = f"valid: {', '.join(SCHEDULE_KINDS)}"
+    return [(loc, f"unknown schedule {err['input'].get('schedule')!r}; {kinds}" if err["type"] == "union_tag_invalid"
+             else msg) for (loc, msg), err in zip(out, exc.errors(), strict=True)]
 
 
 def _resolve_class(type_name: str) -> type[RewardComponent] | Any:

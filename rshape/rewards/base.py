@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from rshape.batch import Batch
 from rshape.registry import Registry
 from rshape.tasks.base import Problem
+from rshape.tasks.verifiers import extract_answer
 
 REWARDS: Registry[type[RewardComponent]] = Registry("reward")  # filled by the family modules' decorators
 
@@ -80,3 +81,10 @@ def compiled_regex(value: str) -> str:
     except re.error as exc:
         raise ValueError(f"not a valid regular expression: {exc}") from None
     return value
+
+
+def unparsed(batch: Batch, correct: torch.Tensor | None = None) -> torch.Tensor:
+    """[N] bool: wrong completions with no extractable answer (no `<answer>` tag or `\\boxed{}`), Laser's third
+    score level; `correct` replaces the verifier's verdicts (a component that re-checks answers)."""
+    ok = correct if correct is not None else batch.correct > 0
+    return torch.tensor([extract_answer(t) is None for t in batch.completions]) & ~ok

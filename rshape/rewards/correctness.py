@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from rshape.batch import Batch
-from rshape.rewards.base import REWARDS, RewardComponent
-from rshape.tasks.verifiers import VERIFIERS, extract_answer
+from rshape.rewards.base import REWARDS, RewardComponent, unparsed
+from rshape.tasks.verifiers import VERIFIERS
 
 
 @REWARDS.register("correctness")
@@ -49,6 +49,5 @@ class Correctness(RewardComponent):
         ok = self.verdicts(batch)  # [N] bool
         r = torch.where(ok, torch.tensor(float(self.correct_score), dtype=torch.float64), float(self.wrong_score))
         if self.unparsed_score is not None:
-            unparsed = torch.tensor([extract_answer(t) is None for t in batch.completions]) & ~ok
-            r = torch.where(unparsed, torch.tensor(float(self.unparsed_score), dtype=torch.float64), r)
+            r = torch.where(unparsed(batch, ok), torch.tensor(float(self.unparsed_score), dtype=torch.float64), r)
         return r

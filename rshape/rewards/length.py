@@ -9,9 +9,8 @@ import torch
 from pydantic import Field
 
 from rshape.batch import Batch
-from rshape.rewards.base import REWARDS, RewardComponent
+from rshape.rewards.base import REWARDS, RewardComponent, unparsed
 from rshape.rewards.combine import apply_multiplier  # noqa: F401  (documented here)
-from rshape.tasks.verifiers import extract_answer
 
 
 @REWARDS.register("kimi_length")
@@ -57,8 +56,7 @@ def _with_unparsed(r: torch.Tensor, batch: Batch, unparsed_score: float | None) 
     level); r itself when unparsed_score is None."""
     if unparsed_score is None:
         return r
-    unparsed = torch.tensor([extract_answer(t) is None for t in batch.completions]) & ~(batch.correct > 0)  # [N]
-    return torch.where(unparsed, torch.tensor(float(unparsed_score), dtype=torch.float64), r)
+    return torch.where(unparsed(batch), torch.tensor(float(unparsed_score), dtype=torch.float64), r)
 
 
 def _limit(value: float | None, batch: Batch, owner: str, field: str) -> float:
