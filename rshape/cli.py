@@ -47,19 +47,21 @@ def rl(
                               ] = False,
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
+    from rshape.deferred import deferred_import
     from rshape.recipe import RecipeError
-    from rshape.validate import load_recipe  # validation first: no model library is imported before it answers
 
-    try:
-        cfg = load_recipe(recipe, overrides or [])
-    except RecipeError as exc:
-        fail(exc.lines)
-    from rshape.runs import RunDirError, check_run_dir
+    with deferred_import("torch"):  # validation and the run-directory checks answer before torch or a model loads
+        from rshape.runs import RunDirError, check_run_dir
+        from rshape.validate import load_recipe
 
-    try:  # a run directory that cannot be used is reported before the model libraries load
-        check_run_dir(cfg.output_dir, resume, cfg.train.steps)
-    except RunDirError as exc:
-        fail(str(exc).splitlines())
+        try:
+            cfg = load_recipe(recipe, overrides or [])
+        except RecipeError as exc:
+            fail(exc.lines)
+        try:
+            check_run_dir(cfg.output_dir, resume, cfg.train.steps)
+        except RunDirError as exc:
+            fail(str(exc).splitlines())
     from rich.console import Console
 
     from rshape.report import print_summary

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -228,19 +229,35 @@ def restore_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.o
     """Load the run's latest checkpoint: trainable weights into the model, the optimizer state, torch's RNG.
     Returns the saved trainer state (step, scheduler, sampler... as the trainer wrote them)."""
     ckpt = latest_checkpoint(run_dir)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-    load_trainable_weights(model, ckpt)
+    state = read_checkpoint_state(ckpt)
+    copy_trainable(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return state
 
 
+def read_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's state.pt; RunDirError (one line, saying what to do) when it cannot be read."""
+    try:
+        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "trainable" not in state:
+            raise ValueError("not a checkpoint written by rshape")
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise RunDirError(f"{checkpoint / 'state.pt'}: cannot be read ({type(exc).__name__}: {exc}); the checkpoint "
+                          f"is damaged: delete {checkpoint.name} and write an earlier step_* into "
+                          f"{checkpoint.parent / 'latest'}, or start the run again") from None
+    return state
+
+
 def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Restore the trainable tensors saved with the checkpoint (adapter or full weights)."""
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    copy_trainable(model, read_checkpoint_state(checkpoint)["trainable"])
+
+
+def copy_trainable(model: torch.nn.Module, trainable: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for k, v in state["trainable"].items():
+        for k, v in trainable.items():
             params[k].copy_(v.to(params[k].device))
 
 

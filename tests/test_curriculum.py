@@ -7,14 +7,9 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from rshape.curriculum import (
-    CurriculumConfig,
-    CurriculumSampler,
-    EmaPassRate,
-    GroupPassRate,
-    ProbePassRate,
-    StaticLabel,
-)
+from rshape.curriculum.config import CurriculumConfig
+from rshape.curriculum.sampler import CurriculumSampler
+from rshape.curriculum.trackers import EmaPassRate, GroupPassRate, ProbePassRate, StaticLabel
 from rshape.sampler import PromptSampler
 from rshape.tasks.base import Problem
 

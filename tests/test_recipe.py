@@ -12,8 +12,8 @@ from rshape.validate import load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write(tmp_path, text):
-    p = tmp_path / "r.yaml"
+def write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
     p.write_text(text)
     return p
 
@@ -273,28 +273,50 @@ def test_every_bad_override_and_command_line_entries_are_reported_as_such(tmp_pa
     assert exc.value.lines[0].startswith("command line: rewards.lenght.type: unknown reward 'lenght'")
 
 
-def test_validation_and_run_dir_checks_load_no_model_library(tmp_path):
-    """`rshape rl` answers a bad recipe or an unusable run directory before transformers (or a model) loads: the
-    CLI, the validator and the run-directory check import only torch (through the reward registry)."""
-    bad = write(tmp_path, "rollout: {group_siz: 4}\n")
-    code = f"""
-import sys
-import rshape.cli
-from rshape.recipe import RecipeError
-from rshape.validate import load_recipe
-from rshape.runs import RunDirError, check_run_dir
-try:
-    load_recipe({str(bad)!r})
-except RecipeError:
-    pass
-(__import__("pathlib").Path({str(tmp_path / "run")!r}) / "checkpoints").mkdir(parents=True)
-try:
-    check_run_dir({str(tmp_path / "run")!r}, True, 10)
-except RunDirError:
-    pass
-print(sorted(m for m in ("transformers", "peft", "bitsandbytes") if m in sys.modules))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+def test_validation_and_run_dir_checks_load_neither_torch_nor_a_model_library(tmp_path):
+    """`rshape rl` answers a bad recipe, a run directory that exists, and an already-trained run before torch,
+    transformers or a model loads (torch stays a deferred stand-in: rshape.deferred)."""
+    bad = write(tmp_path, "rollout: {group_siz: 4}\nrewards: {c: {type: correctness, weight: .inf}}\n")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_000010").mkdir(parents=True)
+    (run / "checkpoints" / "step_000010" / "state.pt").write_bytes(b"")
+    (run / "checkpoints" / "latest").write_text("step_000010")
+    (run / "summary.json").write_text("{}")
+    good = write(tmp_path, f"output_dir: {run}\ntrain: {{steps: 10}}\n", name="good.yaml")
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch._C', 'transformers', 'peft', "
+             "'bitsandbytes') if m in sys.modules), file=sys.stderr))\n"
+             "from rshape.cli import main\nsys.argv[0] = 'rshape'\nmain()\n")
+    for args, expected in [([str(bad)], "rollout.group_siz: unknown key"), ([str(good)], "a run already exists"),
+                           ([str(good), "--resume"], "already trained 10 steps")]:
+        out = subprocess.run([sys.executable, "-c", probe, "rl", *args], capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 2, out.stderr
+        assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert "LOADED []" in out.stderr, out.stderr
+
+
+def test_deferred_import_imports_on_first_use(tmp_path, monkeypatch):
+    """rshape.deferred: `import` inside the block runs nothing; the first attribute read imports the module once;
+    after the block imports are plain again; a submodule import inside the block is refused, not run twice."""
+    import importlib
+
+    from rshape.deferred import deferred_import
+
+    pkg = tmp_path / "deferme"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import pathlib\nRUNS = pathlib.Path(__file__).with_name('runs')\n"
+                                     "RUNS.write_text(RUNS.read_text() + 'x' if RUNS.exists() else 'x')\nVALUE = 42\n")
+    (pkg / "sub.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "deferme", raising=False)
+    with deferred_import("deferme"):
+        import deferme
+
+        assert not (pkg / "runs").exists()
+        with pytest.raises(ModuleNotFoundError, match="is not a package"):
+            importlib.import_module("deferme.sub")
+        assert deferme.VALUE == 42 and (pkg / "runs").read_text() == "x"
+    assert deferme.VALUE == 42 and (pkg / "runs").read_text() == "x"
+    assert importlib.import_module("deferme").VALUE == 42 and not isinstance(sys.modules["deferme"], type(deferme))
+    assert (pkg / "runs").read_text() == "x"

@@ -283,10 +283,9 @@ def test_unwritable_output_and_a_full_disk_are_one_line_and_lose_nothing(random_
     assert (run / "summary.json").is_file()
 
 
-def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_run(random_model_dir, tmp_path):
-    """Fault injection with real SIGKILLs: mid-training, right after a checkpoint, and between the last checkpoint
-    and summary.json. After each kill `rshape rl --resume` continues (a run killed before its first checkpoint is
-    started again); the finished run's logs equal an uninterrupted run's."""
+def _kill_and_resume_until_finished(run, recipe, kill_when, tmp_path):
+    """Start `rshape rl` (with --resume once a checkpoint exists) and SIGKILL it when each `kill_when()` first holds,
+    in order; then resume until summary.json is written. A run killed before its first checkpoint starts again."""
     import os
     import shutil
     import signal
@@ -294,32 +293,16 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_run(random_mode
     import sys
     import time
 
-    import yaml
-
-    run = tmp_path / "killed"
-    data = tiny_recipe(random_model_dir, run, steps=6).model_dump(mode="json")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     latest = run / "checkpoints" / "latest"
-
-    def metrics_lines() -> int:
-        f = run / "metrics.jsonl"
-        return len(f.read_text().splitlines()) if f.is_file() else 0
-
-    kill_when = [  # the moments to SIGKILL at, in order
-        lambda: metrics_lines() >= 1,
-        lambda: latest.is_file() and latest.read_text().strip() == "step_000004",
-        lambda: latest.is_file() and latest.read_text().strip() == "step_000006",  # final evaluation under way
-    ]
     for when in kill_when:
         resume = latest.is_file()
         if not resume and run.exists():
             shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume from
         proc = subprocess.Popen([sys.executable, "-m", "rshape.cli", "rl", str(recipe), *(["--resume"] if resume else [])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and not when() and time.monotonic() < deadline:
+        started = time.monotonic()
+        while proc.poll() is None and not when(time.monotonic() - started) and time.monotonic() - started < 180:
             time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -327,13 +310,70 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_run(random_mode
         if (run / "summary.json").is_file():
             break
     while not (run / "summary.json").is_file():
-        out = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(recipe), "--resume"], capture_output=True,
-                             text=True, env=env, timeout=300)
+        if not latest.is_file() and run.exists():
+            shutil.rmtree(run)
+        out = subprocess.run([sys.executable, "-m", "rshape.cli", "rl", str(recipe),
+                              *(["--resume"] if latest.is_file() else [])], capture_output=True, text=True, env=env,
+                             timeout=300)
         assert out.returncode == 0, out.stderr
-    straight = tmp_path / "straight"
-    train(tiny_recipe(random_model_dir, straight, steps=6))
+
+
+def _assert_logs_equal(run, straight, note=""):
     for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-        assert comparable(read_jsonl(run / name)) == comparable(read_jsonl(straight / name)), name
+        assert comparable(read_jsonl(run / name)) == comparable(read_jsonl(straight / name)), f"{name} {note}"
+    assert json.loads((run / "summary.json").read_text())["final_eval"] == \
+        json.loads((straight / "summary.json").read_text())["final_eval"], note
+
+
+def _recipe_file(random_model_dir, tmp_path, run, steps):
+    import yaml
+
+    recipe = tmp_path / f"{run.name}.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(random_model_dir, run, steps=steps).model_dump(mode="json")))
+    return recipe
+
+
+def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_run(random_model_dir, tmp_path):
+    """Fault injection with real SIGKILLs: mid-training, right after a checkpoint, and between the last checkpoint
+    and summary.json. After each kill `rshape rl --resume` continues (a run killed before its first checkpoint is
+    started again); the finished run's logs equal an uninterrupted run's."""
+    run = tmp_path / "killed"
+    recipe = _recipe_file(random_model_dir, tmp_path, run, steps=6)
+    latest = run / "checkpoints" / "latest"
+
+    def metrics_lines() -> int:
+        f = run / "metrics.jsonl"
+        return len(f.read_text().splitlines()) if f.is_file() else 0
+
+    kill_when = [  # the moments to SIGKILL at, in order
+        lambda _: metrics_lines() >= 1,
+        lambda _: latest.is_file() and latest.read_text().strip() == "step_000004",
+        lambda _: latest.is_file() and latest.read_text().strip() == "step_000006",  # final evaluation under way
+    ]
+    _kill_and_resume_until_finished(run, recipe, kill_when, tmp_path)
+    train(tiny_recipe(random_model_dir, tmp_path / "straight", steps=6))
+    _assert_logs_equal(run, tmp_path / "straight")
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_run(random_model_dir, tmp_path):
+    """SIGKILL at random moments (uniform over the start-up, the steps, the checkpoint writes and the final
+    evaluation of each attempt; the seed is in the failure message, RSHAPE_FAULT_SEED replays it) until the run
+    finishes; its logs and final evaluation equal an uninterrupted run's."""
+    import os
+    import random
+    import time
+
+    seed = int(os.environ.get("RSHAPE_FAULT_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    straight = tmp_path / "straight"
+    started = time.monotonic()  # the uninterrupted run, in a process like the killed ones: its duration bounds the kills
+    _kill_and_resume_until_finished(straight, _recipe_file(random_model_dir, tmp_path, straight, steps=6), [], tmp_path)
+    full = time.monotonic() - started
+    run = tmp_path / "killed"
+    delays = [round(rng.uniform(0.0, full), 2) for _ in range(4)]
+    _kill_and_resume_until_finished(run, _recipe_file(random_model_dir, tmp_path, run, steps=6),
+                                    [lambda t, d=d: t >= d for d in delays], tmp_path)
+    _assert_logs_equal(run, straight, note=f"(RSHAPE_FAULT_SEED={seed}: kills {delays} s after each start)")
 
 
 def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
@@ -346,6 +386,13 @@ def test_resume_without_checkpoint_is_a_clear_error(random_model_dir, tmp_path):
         with pytest.raises(RunDirError, match="stopped before its first checkpoint: delete it or choose another"):
             train(tiny_recipe(random_model_dir, stopped), resume=resume)
     assert (stopped / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing it had written is lost
+    damaged = tmp_path / "damaged"  # a checkpoint damaged outside rshape (a truncated copy): one line, what to do
+    (damaged / "checkpoints" / "step_000002").mkdir(parents=True)
+    (damaged / "checkpoints" / "step_000002" / "state.pt").write_bytes(b"")
+    (damaged / "checkpoints" / "latest").write_text("step_000002")
+    with pytest.raises(RunDirError, match=r"state.pt: cannot be read \(EOFError.*delete step_000002 and write an "
+                                          r"earlier step_\* into"):
+        train(tiny_recipe(random_model_dir, damaged), resume=True)
 
 
 def test_qlora_base_frozen_adapters_train(tmp_path):

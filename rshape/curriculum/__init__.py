@@ -21,35 +21,7 @@ With the defaults the sampler draws exactly what PromptSampler draws.
       retire: {enabled: true, threshold: 1.0, min_visits: 1}
       medium_weight: 2.0
       budgets: {easy: 48, medium: 64, hard: 96}
+
+The package itself imports nothing: the configuration (`rshape.curriculum.config`) is torch-free and is what recipe
+validation reads; the sampler and trackers (`rshape.curriculum.sampler`, `rshape.curriculum.trackers`) import torch.
 """
-
-from __future__ import annotations
-
-from rshape.curriculum.config import (
-    BUCKETS,
-    Budgets,
-    CurriculumConfig,
-    EmaTracker,
-    GroupPassRateTracker,
-    ProbeTracker,
-    Retire,
-    Stage,
-    StaticTracker,
-    TrackerConfig,
-    Until,
-)
-from rshape.curriculum.sampler import CurriculumSampler
-from rshape.curriculum.trackers import (
-    DifficultyTracker,
-    EmaPassRate,
-    GroupPassRate,
-    ProbePassRate,
-    StaticLabel,
-    build_tracker,
-)
-
-__all__ = [
-    "BUCKETS", "Budgets", "CurriculumConfig", "CurriculumSampler", "DifficultyTracker", "EmaPassRate", "EmaTracker",
-    "GroupPassRate", "GroupPassRateTracker", "ProbePassRate", "ProbeTracker", "Retire", "Stage", "StaticLabel",
-    "StaticTracker", "TrackerConfig", "Until", "build_tracker",
-]

@@ -78,7 +78,7 @@ def check_advantage_params(fn: Callable[..., torch.Tensor], params: dict[str, An
             out.append(((k,), f"unknown parameter; valid: {', '.join(known) or '(none)'}"))
         elif isinstance(v, bool) or not isinstance(v, (int, float, str)) or (isinstance(v, float) and not math.isfinite(v)):
             out.append(((k,), f"expected a finite number, got {v!r}"))
-    if not out:
+    if params and not out:  # only what the recipe sets can be refused
         example = Batch(prompts=[""] * 4, completions=[""] * 4, completion_ids=[[]] * 4,
                         lengths=torch.tensor([1, 2, 3, 4]), truncated=torch.zeros(4, dtype=torch.bool),
                         correct=torch.tensor([1.0, 0.0, 0.0, 1.0]), problems=[None] * 4, group_size=2,  # type: ignore[list-item]

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from rshape.batch import verify
-from rshape.curriculum import CurriculumSampler
+from rshape.curriculum.sampler import CurriculumSampler
 from rshape.progress import StepProgress
 from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import build_rewards

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rshape.batch import Batch, grouped, nanstd, verify
-from rshape.curriculum import CurriculumSampler
+from rshape.curriculum.sampler import CurriculumSampler
 from rshape.recipe import Recipe
 from rshape.rewards import RewardScores, RewardSet
 from rshape.rl.advantages import AdvantageInputs, estimate, estimator_needs, normalize_then_sum, step_advantages
