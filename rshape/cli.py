@@ -89,6 +89,74 @@ def rl(
     print_summary(summary, Console())
 
 
+@app.command("eval")
+def eval_(
+    targets: Annotated[list[str], typer.Argument(help="Run directories (RUN or RUN@STEP; @0 = before training), "
+                                                 "adapter directories, or models (Hub id, directory, builtin:...).")],
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Recipe whose task, rollout and eval sections to use "
+                                               "(default: the first run's own recipe, else the defaults).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override of that recipe, e.g. task.eval_size=500 "
+                                                   "(repeatable).")] = None,
+    samples: Annotated[list[int] | None, typer.Option("--samples", help="0 = greedy; k = k samples per problem "
+                                                      "(avg@k, pass@k). Repeat for several modes.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (default: the "
+                                                      "recipe's eval.temperature or rollout.temperature).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus mass (default: the recipe's).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Generation limit (default: the "
+                                                       "recipe's).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda...")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16...")] = "auto",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Directory for results.json and the "
+                                               "completions (default: evals/<time>).")] = None,
+) -> None:
+    """Evaluate runs, checkpoints, adapters or models on one task: greedy or avg@k/pass@k, tokens, per difficulty."""
+    import time as _time
+    from pathlib import Path
+
+    from rshape.deferred import deferred_import
+    from rshape.recipe import RecipeError
+
+    modes = samples or [0]
+    bad = [f"--samples {k}: must be ≥ 0" for k in modes if k < 0]
+    bad += [f"--temperature {temperature}: must be > 0"] if temperature is not None and not temperature > 0 else []
+    bad += [f"--top-p {top_p}: must be in (0, 1]"] if top_p is not None and not 0 < top_p <= 1 else []
+    if bad:
+        fail(bad)
+    with deferred_import("torch"):  # targets and the recipe are checked before torch or a model loads
+        from rshape.eval_targets import TargetError, eval_recipe, resolve_target
+
+        resolved, errors = [], []
+        for spec in targets:
+            try:
+                resolved.append(resolve_target(spec))
+            except TargetError as exc:
+                errors.append(str(exc))
+        if errors:
+            fail(errors)
+        try:
+            cfg = eval_recipe(resolved, recipe, set_ or [])
+        except RecipeError as exc:
+            fail(exc.lines)
+    from rich.console import Console
+
+    from rshape.eval_targets import evaluate_targets, print_comparison
+    from rshape.tasks import DataError
+
+    out_dir = Path(output or f"evals/{_time.strftime('%Y%m%d-%H%M%S')}")
+    console = Console(stderr=True)
+    try:
+        rows = evaluate_targets(resolved, cfg, modes, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
+                                out_dir=out_dir, console=console)
+    except DataError as exc:
+        fail(str(exc))
+    except OSError as exc:  # a model or adapter that does not load (missing files, no network for a Hub id)
+        fail(f"{exc}".splitlines()[0] if str(exc) else type(exc).__name__, code=1)
+    print_comparison(rows, Console())
+    print(f"results: {out_dir / 'results.json'} (completions: {out_dir}/samples-*.jsonl)")
+
+
 @app.command("train-rm")
 def train_rm(
     recipe: Annotated[str, typer.Argument(help="train-rm recipe YAML file.")],

@@ -1,5 +1,5 @@
-"""Held-out evaluation: accuracy (greedy, or sampled avg@k) and mean tokens, overall and per difficulty,
-each accuracy with a 95% interval."""
+"""Held-out evaluation, shared by `rshape rl` and `rshape eval`: accuracy (greedy, or sampled avg@k), pass@k,
+mean tokens of all, right and wrong answers, truncation, overall and per difficulty, each with a 95% interval."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
-from rshape.stats import cluster_interval, wilson_interval
+from rshape.stats import cluster_interval, clustered_mean, pass_at_k, wilson_interval
 from rshape.tasks.base import Task
 
 
@@ -33,7 +33,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
         keys = (sample_keys(seed, 0, [p.id for p in problems for _ in range(k)], [i for _ in problems for i in range(k)])
                 if samples else None)
         ro = rollout(model, tokenizer, problems, group_size=k, max_new_tokens=max_new_tokens, keys=keys,
-                     temperature=temperature, top_p=top_p, system_prompt=task.system_prompt, device=device,
+                     temperature=temperature, top_p=top_p, system_prompt=task.system_prompt, chat=task.chat, device=device,
                      decoder=decoder)
         for i, (text, n, trunc) in enumerate(zip(ro.completions, ro.lengths.tolist(), ro.truncated.tolist())):
             p = problems[i // k]
@@ -54,19 +54,38 @@ def evaluate_recipe(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy with its 95% interval, mean length and truncation rate, overall and per difficulty."""
+    """Overall and per difficulty (suffix `/difficulty_d`), each with a 95% interval (`_low`, `_high`):
+
+    - `eval/accuracy`: greedy accuracy (Wilson interval), or avg@k, the mean over problems of the fraction of
+      their k samples that are right (per-problem interval: rshape.stats.cluster_interval);
+    - `eval/pass@j` for j = 2, 4, 8, … and k (k > 1 samples): the unbiased pass@j averaged over problems;
+    - `eval/length`, `eval/length_correct`, `eval/length_wrong`: mean tokens of all, right and wrong completions
+      (clustered by problem: rshape.stats.clustered_mean); `eval/truncation`: the share that hit the limit."""
     def stats(rs: list[dict[str, Any]], suffix: str) -> dict[str, float]:
-        by_problem: dict[str, list[bool]] = defaultdict(list)
+        by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in rs:
-            by_problem[r["id"]].append(r["correct"])
-        if all(len(v) == 1 for v in by_problem.values()):
-            low, high = wilson_interval(sum(r["correct"] for r in rs), len(rs))
+            by_problem[r["id"]].append(r)
+        groups = list(by_problem.values())
+        correct = sum(r["correct"] for r in rs)
+        if all(len(g) == 1 for g in groups):
+            low, high = wilson_interval(correct, len(rs))
         else:
-            low, high = cluster_interval([sum(v) / len(v) for v in by_problem.values()])
-        return {f"eval/accuracy{suffix}": sum(r["correct"] for r in rs) / len(rs),
-                f"eval/accuracy_low{suffix}": low, f"eval/accuracy_high{suffix}": high,
-                f"eval/length{suffix}": sum(r["length"] for r in rs) / len(rs),
-                f"eval/truncation{suffix}": sum(r["truncated"] for r in rs) / len(rs)}
+            low, high = cluster_interval([sum(r["correct"] for r in g) / len(g) for g in groups])
+        out = {f"eval/accuracy{suffix}": correct / len(rs), f"eval/accuracy_low{suffix}": low,
+               f"eval/accuracy_high{suffix}": high}
+        k = min(len(g) for g in groups)
+        for j in sorted({2 ** i for i in range(1, k.bit_length()) if 2 ** i < k} | ({k} if k > 1 else set())):
+            per_problem = [pass_at_k(len(g), sum(r["correct"] for r in g), j) for g in groups]
+            low, high = cluster_interval(per_problem)
+            out.update({f"eval/pass@{j}{suffix}": sum(per_problem) / len(per_problem),
+                        f"eval/pass@{j}_low{suffix}": low, f"eval/pass@{j}_high{suffix}": high})
+        for name, keep in (("length", None), ("length_correct", True), ("length_wrong", False)):
+            mean, low, high = clustered_mean([[r["length"] for r in g if keep is None or r["correct"] == keep]
+                                              for g in groups])
+            out.update({f"eval/{name}{suffix}": mean, f"eval/{name}_low{suffix}": low,
+                        f"eval/{name}_high{suffix}": high})
+        out[f"eval/truncation{suffix}"] = sum(r["truncated"] for r in rs) / len(rs)
+        return out
 
     out = stats(records, "")
     out["eval/problems"] = len({r["id"] for r in records})

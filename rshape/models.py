@@ -15,6 +15,21 @@ from rshape.tasks.warmstart import build_world
 from rshape.tasks.worlds import BUILTIN_MODELS, BUILTIN_WORLDS
 
 
+def quiet_libraries() -> None:
+    """Silence third-party noise that says nothing to an rshape user: transformers' `Loading weights` bars, a
+    FutureWarning transformers raises through peft, and bitsandbytes' attempt to fetch an optional CPU kernel from
+    the Hub (it falls back to its own). Errors still show."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels", "kernels._internals.hf_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` → cuda when available, else cpu."""
     if name == "auto":
@@ -82,6 +97,7 @@ def load_policy(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, keep
     4-bit: the base is quantised to NF4 by bitsandbytes with `bnb_compute_dtype`, frozen, and only
     LoRA adapters train (QLoRA). Full fine-tuning with `keep_reference` keeps a frozen copy for KL.
     """
+    quiet_libraries()
     path = resolve_model_path(cfg.name)
     tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}

@@ -73,12 +73,12 @@ def sft_examples(task: Any, cfg: SftConfig, rng: random.Random, n: int) -> list[
 
 
 def sft_loss(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[Any, str]], system_prompt: str | None,
-             device: torch.device) -> torch.Tensor:
+             device: torch.device, chat: str = "never") -> torch.Tensor:
     """Mean cross-entropy of the completion tokens (and EOS) given the rendered prompt."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     rows, labels = [], []
     for prompt, completion in pairs:
-        p = tokenizer(render_prompt(prompt, tokenizer, system_prompt), add_special_tokens=not has_template)["input_ids"]
+        p = tokenizer(render_prompt(prompt, tokenizer, system_prompt, chat), add_special_tokens=not has_template)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)
@@ -121,7 +121,7 @@ def sft_phase(recipe: Any, cfg: SftConfig, resume: bool = False) -> dict[str, An
         t0 = time.perf_counter()
         pairs = sft_examples(task, cfg, random.Random(f"{recipe.seed}-sft-{step}"), cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
-        loss = sft_loss(model, tokenizer, pairs, task.system_prompt, device)
+        loss = sft_loss(model, tokenizer, pairs, task.system_prompt, device, task.chat)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item()
         optimizer.step()

@@ -6,6 +6,8 @@ one line each: `recipes/x.yaml:12: rollout.group_siz: unknown key`.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,9 +69,26 @@ class ModelConfig(Section):
         return self
 
 
+ROWS_RE = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
+
+
+def parse_rows(rows: str | None) -> slice:
+    """`"start:stop"` (either side may be empty) → slice; None → every row. ValueError on other text."""
+    if rows is None:
+        return slice(None)
+    m = ROWS_RE.match(rows)
+    if not m:
+        raise ValueError("expected start:stop (e.g. 0:1000 or :500)")
+    start, stop = (int(x) if x else None for x in m.groups())
+    if start is not None and stop is not None and stop <= start:
+        raise ValueError("an empty row range (stop ≤ start)")
+    return slice(start, stop)
+
+
 class TaskConfig(Section):
-    name: Literal["addition", "jsonl"] = "addition"
-    """`addition`: the built-in tiny world (both built-in policies); `jsonl`: problems from `train_file` / `eval_file`."""
+    name: Literal["addition", "dataset", "jsonl"] = "addition"
+    """`addition`: the built-in tiny world (both built-in policies); `dataset`: problems from `train_file` /
+    `eval_file` (`jsonl` is its older name)."""
     difficulties: list[int] = [1, 2, 3, 4]
     """addition: digit counts to draw problems from."""
     train_per_difficulty: int = Field(2000, gt=0)
@@ -79,21 +98,64 @@ class TaskConfig(Section):
     eval_seed: int = 0
     """addition: seed of the held-out split's draw — its own key, so every training seed is scored on the same problems."""
     train_file: str | None = None
-    """jsonl: training problems, one JSON object per line."""
+    """dataset: training problems: a .jsonl/.json/.parquet/.arrow/.csv file, a `save_to_disk` directory or `hf:NAME` (a
+    Hub dataset); a relative path is read from the recipe file's directory."""
     eval_file: str | None = None
-    """jsonl: held-out problems (defaults to the first `eval_size` lines of train_file if unset)."""
+    """dataset: held-out problems, same forms; unset: `eval_split` of train_file, or else the first `eval_size` rows of
+    the training rows are held out (never trained on)."""
+    subset: str | None = None
+    """dataset: the Hub dataset's configuration (e.g. `main` for openai/gsm8k)."""
+    train_split: str = "train"
+    """dataset: the split to train on (Hub datasets and `save_to_disk` dataset dicts; a file is one split)."""
+    eval_split: str | None = None
+    """dataset: the split to evaluate on (e.g. `test`); unset: train_split of eval_file, or held out of the training rows."""
+    train_rows: str | None = None
+    """dataset: rows `start:stop` of the training split (e.g. `0:7000`; either side may be empty)."""
+    eval_rows: str | None = None
+    """dataset: rows `start:stop` of the evaluation split; from the training split itself they must not overlap train_rows."""
     eval_size: int = Field(200, gt=0)
-    """jsonl: problems kept from eval_file (or taken from train_file)."""
+    """dataset: evaluation problems kept (the first ones of the evaluation rows)."""
     prompt_key: str = "prompt"
-    """jsonl: field holding the prompt (a string, or a list of chat messages)."""
+    """dataset: column holding the prompt (a string, or a list of chat messages)."""
+    prompt_template: str | None = None
+    """dataset: the prompt built from the row: `{column}` placeholders are filled in, other braces (`\\boxed{}`) stay,
+    e.g. `"{problem} Please reason step by step, and put your final answer within \\boxed{}."`."""
     answer_key: str = "answer"
-    """jsonl: field holding the gold answer."""
+    """dataset: column holding the gold answer (or a solution to extract it from)."""
+    answer_extract: Literal["boxed", "gsm8k"] | None = None
+    """dataset: read the gold answer out of the answer column: `boxed`, its last `\\boxed{…}` (MATH's `solution`);
+    `gsm8k`, the number after `####`."""
+    answer_pattern: str | None = None
+    """dataset: a regular expression; the gold answer is group 1 (or the whole match) of its last match in the answer column."""
     difficulty_key: str | None = "difficulty"
-    """jsonl: field holding an integer difficulty bucket (optional in the data)."""
+    """dataset: column holding a difficulty bucket: an integer, or text ending in one (`Level 3`); optional in the data."""
     verifier: Literal["exact", "numeric", "math"] = "exact"
-    """jsonl: answer check — exact string after normalisation, numeric with tolerance, or math-verify."""
+    """dataset: answer check on the completion's last `<answer>…</answer>`, else its last `\\boxed{…}` — exact string
+    after normalisation, numeric with tolerance, or math-verify."""
+    chat: Literal["auto", "always", "never"] = "auto"
+    """dataset: a text prompt goes through the tokenizer's chat template as the user turn: `auto` when the tokenizer has
+    a template; chat-shaped prompts always do (without a template: `role: content` lines, with a warning)."""
     system_prompt: str | None = None
-    """jsonl: system message prepended when the prompt is chat-shaped."""
+    """dataset: system message for prompts sent as a chat (prepended to the text of a plain prompt)."""
+
+    @field_validator("train_rows", "eval_rows")
+    @classmethod
+    def _rows(cls, v: str | None) -> str | None:
+        parse_rows(v)
+        return v
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    def dataset(self) -> bool:
+        return self.name in ("dataset", "jsonl")
 
 
 class RolloutConfig(Section):
@@ -209,6 +271,46 @@ class EvalConfig(Section):
     """Seed of eval.samples' noise, keyed by (seed, problem, sample) only: every checkpoint sees the same noise."""
 
 
+class TensorBoardConfig(Section):
+    enabled: bool = False
+    """Write the records of metrics.jsonl and eval.jsonl as TensorBoard scalars (same names, x = `step`);
+    needs `pip install 'rshape[trackers]'`."""
+    log_dir: str | None = None
+    """Event-file directory (default: `<output_dir>/tensorboard`)."""
+
+
+class WandbConfig(Section):
+    enabled: bool = False
+    """Log the records of metrics.jsonl and eval.jsonl to Weights & Biases (same names, x = `step`; the resolved
+    recipe is the run config); needs `pip install 'rshape[trackers]'`."""
+    project: str = "rshape"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team; default: the logged-in user's)."""
+    name: str | None = None
+    """W&B run name (default: the run directory's name)."""
+    mode: Literal["online", "offline"] = "online"
+    """`online`, or `offline`: written under `dir` only, upload later with `wandb sync` (the WANDB_MODE
+    environment variable, when set, wins)."""
+    dir: str | None = None
+    """Directory wandb writes its `wandb/` folder in (default: the run directory)."""
+    tags: list[str] = []
+    """W&B run tags."""
+
+
+class TrackersConfig(Section):
+    tensorboard: TensorBoardConfig = TensorBoardConfig()
+    """TensorBoard event files (`tensorboard: true` is short for `tensorboard: {enabled: true}`)."""
+    wandb: WandbConfig = WandbConfig()
+    """Weights & Biases (`wandb: true` is short for `wandb: {enabled: true}`); the W&B run id is kept in the run
+    directory (`wandb_id.txt`), so `--resume` continues the same W&B run."""
+
+    @field_validator("tensorboard", "wandb", mode="before")
+    @classmethod
+    def _bool_is_enabled(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+
 class SftConfig(BaseModel):
     """Settings of an `sft` phase (rshape.phases)."""
 
@@ -222,7 +324,7 @@ class SftConfig(BaseModel):
     mode_mix: dict[str, float] = {"full": 1.0}
     """addition task: trace kinds to imitate and their shares (full, overthink, direct, malformed)."""
     completion_key: str = "completion"
-    """jsonl task: the data column holding the target completion."""
+    """dataset task: the data column holding the target completion."""
 
 
 class PhaseConfig(BaseModel):
@@ -279,6 +381,9 @@ class Recipe(RunSettings):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    trackers: TrackersConfig = TrackersConfig()
+    """Opt-in experiment trackers (TensorBoard, Weights & Biases) fed the records of metrics.jsonl and eval.jsonl;
+    the JSONL files stay the source of truth."""
 
     @field_validator("rewards")
     @classmethod
@@ -436,6 +541,7 @@ def load_recipe_dict(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]
 def read_with_overrides(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, KeySource]:
     """A recipe file's mapping with dotted `key=value` overrides applied, and where each key came from."""
     data, lines = load_recipe_dict(path)
+    resolve_data_paths(data, Path(path).parent)
     source = KeySource(str(path), lines)
     bad: list[str] = []
     for item in overrides:
@@ -449,6 +555,19 @@ def read_with_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]
     if bad:
         raise RecipeError(bad)
     return data, source
+
+
+DATA_PATH_KEYS = (("task", "train_file"), ("task", "eval_file"))
+
+
+def resolve_data_paths(data: dict, base: Path) -> None:
+    """Relative data paths written in a recipe file are read from the file's directory (those given on the command
+    line stay relative to the working directory); `hf:` names are not paths."""
+    for section, key in DATA_PATH_KEYS:
+        node = data.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not value.startswith("hf:") and not Path(value).is_absolute():
+            node[key] = os.path.abspath(base / value)
 
 
 def parse_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, KeySource]:

@@ -32,11 +32,37 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 def cluster_interval(per_problem: list[float], z: float = Z95) -> tuple[float, float]:
     """95% interval of avg@k: mean of per-problem accuracies ± z·(sample std / √n), clipped to [0, 1].
     The k samples of one problem are correlated, so the problem (not the sample) is the unit."""
-    n = len(per_problem)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(per_problem) / n
-    if n == 1:
+    if len(per_problem) == 1:
         return 0.0, 1.0
-    sd = math.sqrt(sum((x - mean) ** 2 for x in per_problem) / (n - 1))
-    return max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n))
+    _, low, high = clustered_mean([[x] for x in per_problem], z)
+    return max(0.0, low), min(1.0, high)
+
+
+def clustered_mean(clusters: list[list[float]], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of every value, R = Σy/Σm over clusters of sizes m, with a cluster-robust 95%
+    interval R ± z·√(Σ((y_i − R·m_i)/m̄)² / (n(n − 1))) over the n non-empty clusters (the k samples of a problem
+    are one cluster; with one value per cluster this is the usual mean ± z·s/√n). Empty → nan; one cluster → its
+    mean, (nan, nan)."""
+    clusters = [c for c in clusters if c]
+    n = len(clusters)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    sizes = [len(c) for c in clusters]
+    sums = [sum(c) for c in clusters]
+    mean = sum(sums) / sum(sizes)
+    if n == 1:
+        return mean, math.nan, math.nan
+    m_bar = sum(sizes) / n
+    var = sum(((y - mean * m) / m_bar) ** 2 for y, m in zip(sums, sizes)) / (n * (n - 1))
+    half = z * math.sqrt(var)
+    return mean, mean - half, mean + half
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 − C(n − c, k) / C(n, k) (Chen et al. 2021,
+    arXiv 2107.03374); k ≤ n."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 ≤ k ≤ n = {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -5,6 +5,7 @@ registries, and `rl`, `sweep` and `phases` load recipes through `load_recipe`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ from typing import Any
 from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationError
 
-from rshape.recipe import KeySource, Recipe, RecipeError, phase_recipe, read_with_overrides, validation_problems
+from rshape.recipe import (
+    KeySource,
+    Recipe,
+    RecipeError,
+    parse_rows,
+    phase_recipe,
+    read_with_overrides,
+    validation_problems,
+)
 from rshape.registry import UnknownName
 from rshape.rewards import RewardConfigError, build_rewards
 from rshape.rl.advantages import ADVANTAGES, check_advantage_params
@@ -81,18 +90,45 @@ def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:
             errors += [source.line(loc, msg) for loc, msg in validation_problems(exc, ("schedules", name), skip=1)]
     errors += _phase_errors(recipe, source)
     errors += _model_errors(recipe, source)
+    errors += _tracker_errors(recipe, source)
     budget_source = recipe.rollout.max_new_tokens_from
     if budget_source is not None and budget_source not in recipe.schedules:
         errors.append(source.line(("rollout", "max_new_tokens_from"), f"no schedule named {budget_source!r} in `schedules`"))
-    task = recipe.task
-    if task.name == "jsonl":
-        if not task.train_file:
-            errors.append(source.line(("task", "train_file"), "needed when task.name is jsonl", at=("task", "name")))
-        for key in ("train_file", "eval_file"):
-            f = getattr(task, key)
-            if f and not Path(f).is_file():
-                errors.append(source.line(("task", key), f"file not found: {f}"))
+    errors += _task_errors(recipe.task, source)
     return errors
+
+
+def _task_errors(task: Any, source: KeySource) -> list[str]:
+    """A dataset task's sources (a local path must exist; `hf:` names are checked when read), and evaluation rows
+    that would overlap the training rows of the same split."""
+    if not task.dataset():
+        return []
+    errors = []
+    if not task.train_file:
+        errors.append(source.line(("task", "train_file"), f"needed when task.name is {task.name}", at=("task", "name")))
+    for key in ("train_file", "eval_file"):
+        f = getattr(task, key)
+        if f and not f.startswith("hf:") and not Path(f).exists():
+            errors.append(source.line(("task", key), f"file not found: {f}"))
+    same_split = (task.eval_file or task.train_file) == task.train_file and (task.eval_split or task.train_split) == \
+        task.train_split
+    if task.train_file and same_split and task.eval_rows is not None:
+        train, held = parse_rows(task.train_rows), parse_rows(task.eval_rows)
+        t0, t1 = train.start or 0, train.stop if train.stop is not None else math.inf
+        e0, e1 = held.start or 0, held.stop if held.stop is not None else math.inf
+        if max(t0, e0) < min(t1, e1):
+            errors.append(source.line(("task", "eval_rows"), f"overlaps task.train_rows ({task.train_rows or 'every row'}) "
+                                      "of the same split: evaluation must be held out"))
+    return errors
+
+
+def _tracker_errors(recipe: Recipe, source: KeySource) -> list[str]:
+    """An enabled tracker needs its package: looked up with find_spec, not imported (validation stays light)."""
+    import importlib.util
+
+    return [source.line(("trackers", name, "enabled"), f"needs the {name} package: pip install 'rshape[trackers]'")
+            for name in ("tensorboard", "wandb")
+            if getattr(recipe.trackers, name).enabled and importlib.util.find_spec(name) is None]
 
 
 def _phase_errors(recipe: Recipe, source: KeySource) -> list[str]:
@@ -115,29 +151,35 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def _model_errors(recipe: Recipe, source: KeySource) -> list[str]:
-    """The policy and adapter must be loadable, and output_dir a directory (checked before anything is written):
-    a local directory with config.json, a shipped `builtin:` policy, or a Hub id that is cached when
-    HF_HUB_OFFLINE=1."""
-    errors: list[str] = []
-    name = recipe.model.name
+def model_problems(model: Any) -> list[tuple[tuple[str, ...], str]]:
+    """(key, problem) for a `model` section that cannot load: the name must be a local directory with config.json,
+    a shipped `builtin:` policy, or a Hub id that is cached when HF_HUB_OFFLINE=1; an adapter needs
+    adapter_config.json. Nothing is loaded."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    name = model.name
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
-            errors.append(source.line(("model", "name"), f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}"))
+            problems.append((("model", "name"), f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}"))
     elif _looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            errors.append(source.line(("model", "name"), f"no such directory: {name}"))
+            problems.append((("model", "name"), f"no such directory: {name}"))
         elif not (path / "config.json").is_file():
-            errors.append(source.line(("model", "name"), f"{name} has no config.json: not a Hugging Face model "
-                                      "directory (point at the folder save_pretrained wrote)"))
-    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(
-            try_to_load_from_cache(name, "config.json"), str):
-        errors.append(source.line(("model", "name"), f"{name!r} is neither a local directory nor in the Hugging Face "
-                                  "cache, and HF_HUB_OFFLINE=1: download it first or give a local directory"))
-    adapter = recipe.model.adapter
+            problems.append((("model", "name"), f"{name} has no config.json: not a Hugging Face model directory (point "
+                             "at the folder save_pretrained wrote)"))
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        problems.append((("model", "name"), f"{name!r} is neither a local directory nor in the Hugging Face cache, and "
+                         "HF_HUB_OFFLINE=1: download it first or give a local directory"))
+    adapter = model.adapter
     if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
-        errors.append(source.line(("model", "adapter"), f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"))
+        problems.append((("model", "adapter"), f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"))
+    return problems
+
+
+def _model_errors(recipe: Recipe, source: KeySource) -> list[str]:
+    """The policy and adapter must be loadable (`model_problems`), and output_dir a directory (checked before anything
+    is written)."""
+    errors = [source.line(loc, msg) for loc, msg in model_problems(recipe.model)]
     out = Path(recipe.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         errors.append(source.line(("output_dir",), f"{recipe.output_dir} is a file, not a directory"))

@@ -57,6 +57,41 @@ def test_summarize_greedy_and_avg_at_k():
     assert (m["eval/accuracy_low"], m["eval/accuracy_high"]) == cluster_interval([1.0, 0.5])
 
 
+def test_pass_at_k_by_hand():
+    from rshape.stats import pass_at_k
+
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 − C(3,2)/C(4,2)
+    assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)  # 1 − C(3,3)/C(5,3)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 3, 2) == 1.0 and pass_at_k(4, 4, 1) == 1.0
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)  # pass@1 is the fraction right
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+def test_summarize_pass_at_k_and_token_splits_by_hand():
+    """3 problems × 4 samples. a: right once (lengths 10..40); b: right twice (10, 10; wrong 50, 50); c: never right
+    (60 × 4, one truncated)."""
+    recs = [_rec("a", 1, c, n, i) for i, (c, n) in enumerate([(True, 10), (False, 20), (False, 30), (False, 40)])]
+    recs += [_rec("b", 1, c, n, i) for i, (c, n) in enumerate([(True, 10), (True, 10), (False, 50), (False, 50)])]
+    recs += [_rec("c", 2, False, 60, i) for i in range(4)]
+    recs[-1]["truncated"] = True
+    m = summarize(recs)
+    assert m["eval/accuracy"] == pytest.approx(3 / 12)  # avg@4
+    assert m["eval/pass@2"] == pytest.approx((0.5 + 5 / 6 + 0) / 3)  # a: 1 − 3/6, b: 1 − 1/6, c: 0
+    assert m["eval/pass@4"] == pytest.approx(2 / 3) and "eval/pass@8" not in m and "eval/pass@3" not in m
+    assert (m["eval/pass@4_low"], m["eval/pass@4_high"]) == cluster_interval([1.0, 1.0, 0.0])
+    assert m["eval/length"] == pytest.approx(460 / 12)
+    assert m["eval/length_correct"] == pytest.approx(30 / 3) and m["eval/length_wrong"] == pytest.approx(430 / 9)
+    # equal cluster sizes: the clustered interval is mean ± 1.96·sd(per-problem means)/√n
+    means = [25.0, 30.0, 60.0]
+    mu = sum(means) / 3
+    half = 1.959963984540054 * math.sqrt(sum((x - mu) ** 2 for x in means) / 2) / math.sqrt(3)
+    assert (m["eval/length_low"], m["eval/length_high"]) == (pytest.approx(mu - half), pytest.approx(mu + half))
+    assert m["eval/truncation"] == pytest.approx(1 / 12)
+    assert m["eval/pass@4/difficulty_1"] == 1.0 and m["eval/pass@4/difficulty_2"] == 0.0
+    assert math.isnan(m["eval/length_correct/difficulty_2"])  # no right answer: no mean
+
+
 def test_evaluate_policy_greedy_and_sampled(random_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()

@@ -59,7 +59,7 @@ def test_missing_file_and_data_file(tmp_path):
     p = write(tmp_path, "task:\n  name: jsonl\n  train_file: missing.jsonl\n")
     with pytest.raises(RecipeError) as exc:
         load_recipe(p)
-    assert exc.value.lines == [f"{p}:3: task.train_file: file not found: missing.jsonl"]
+    assert exc.value.lines == [f"{p}:3: task.train_file: file not found: {tmp_path / 'missing.jsonl'}"]  # the recipe's dir
 
 
 def test_qlora_needs_lora(tmp_path):
@@ -217,37 +217,36 @@ def test_non_utf8_recipes_and_data_files_name_file_and_line(tmp_path):
     with pytest.raises(RecipeError) as exc:
         load_recipe(p)
     assert exc.value.lines == [f"{p}:2: not UTF-8 text (save the recipe as UTF-8)"]
+    from rshape.recipe import TaskConfig
     from rshape.tasks import DataError, read_problems
 
+    cfg = TaskConfig(name="dataset", difficulty_key=None)
     data = tmp_path / "d.jsonl"
     data.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
     with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 text \(byte 16 of the line\)"):
-        read_problems(data, "prompt", "answer", None)
+        read_problems(str(data), cfg)
     data.write_text('{"prompt": "a\tb", "answer": "1"}\n')
     with pytest.raises(DataError, match=r"d.jsonl:1: not valid JSON \(Invalid control character at: column 14\)"):
-        read_problems(data, "prompt", "answer", None)
+        read_problems(str(data), cfg)
 
 
 def test_jsonl_evaluation_never_uses_training_problems(tmp_path, capfd):
-    from types import SimpleNamespace
-
+    from rshape.recipe import TaskConfig
     from rshape.tasks import DataError, build_task
 
     def task_of(n, eval_size, eval_file=None):
         data = tmp_path / f"train{n}.jsonl"
         data.write_text("".join(f'{{"prompt": "q{i}", "answer": "{i}"}}\n' for i in range(n)))
-        cfg = SimpleNamespace(name="jsonl", train_file=str(data), eval_file=eval_file, eval_size=eval_size,
-                              prompt_key="prompt", answer_key="answer", difficulty_key=None, verifier="exact",
-                              system_prompt=None)
-        return build_task(cfg)
+        return build_task(TaskConfig(name="jsonl", train_file=str(data), eval_file=eval_file, eval_size=eval_size,
+                                     difficulty_key=None))
 
     big = task_of(10, 3)
     assert [p.prompt for p in big.eval] == ["q0", "q1", "q2"] and len(big.train) == 7
-    assert big.eval_source == "held-out: the first 3 lines of train10.jsonl"
+    assert big.eval_source == "held-out: the first 3 problems of train10.jsonl"
     small = task_of(5, 200)  # not more lines than eval_size: a fifth is held out, loudly
     assert [p.prompt for p in small.eval] == ["q0"] and [p.prompt for p in small.train] == ["q1", "q2", "q3", "q4"]
     assert "holding out the first 1 for evaluation" in capfd.readouterr().err
-    assert "no eval_file" in small.eval_source
+    assert "no eval set given" in small.eval_source
     assert not {p.prompt for p in small.eval} & {p.prompt for p in small.train}
     with pytest.raises(DataError, match="one problem cannot be split"):
         task_of(1, 200)
@@ -259,7 +258,7 @@ def test_jsonl_evaluation_never_uses_training_problems(tmp_path, capfd):
     ev = {"step": 0, "eval/accuracy": 0.5, "eval/length": 3.0, "eval/problems": 1}
     print_summary({"first_eval": ev, "final_eval": {**ev, "step": 2}, "steps": 2, "run_dir": "x",
                    "eval_set": small.eval_source}, console)
-    assert "no eval_file" in " ".join(console.export_text().split())  # the title wraps
+    assert "no eval set given" in " ".join(console.export_text().split())  # the title wraps
 
 
 def test_every_bad_override_and_command_line_entries_are_reported_as_such(tmp_path):

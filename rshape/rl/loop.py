@@ -70,7 +70,7 @@ def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.d
 
 # keys a resumed run may change without --accept-changes: they do not alter what the finished steps computed
 SAFE_ON_RESUME = ("train.steps", "train.progress", "train.log_samples", "train.checkpoint_every", "eval.", "threads",
-                  "device", "output_dir")
+                  "device", "output_dir", "trackers.")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import torch
@@ -13,17 +14,31 @@ from rshape.rl.fast_decode import FastDecoder, fast_decoder, fast_decoder_proble
 from rshape.rl.sampling import pick_tokens
 from rshape.tasks.base import Problem
 
+_warned_no_template = False
+
 
 def render_prompt(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
-                  system_prompt: str | None = None) -> str:
-    """Plain text as is; a chat through the tokenizer's chat template (with the generation prompt)."""
+                  system_prompt: str | None = None, chat: str = "never") -> str:
+    """The text the model is given. A chat (a list of messages, or a text prompt as the user turn when `chat` is
+    `always`, or `auto` and the tokenizer has a template) goes through the tokenizer's chat template with the
+    generation prompt, after `system_prompt`; without a template it becomes `role: content` lines (warned once).
+    Plain text stays as it is, after `system_prompt` and a blank line."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
     if isinstance(prompt, str):
-        return prompt
+        if not (chat == "always" or (chat == "auto" and has_template)):
+            return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+        prompt = [{"role": "user", "content": prompt}]
     messages = list(prompt)
     if system_prompt and not (messages and messages[0].get("role") == "system"):
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    if getattr(tokenizer, "chat_template", None):
+    if has_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    global _warned_no_template
+    if not _warned_no_template:
+        _warned_no_template = True
+        print("warning: chat-shaped prompts but the tokenizer has no chat template: each message is written as "
+              "'role: content' lines ending in 'assistant: '; give a model whose tokenizer has a template, or "
+              "plain-text prompts (task.chat: never)", file=sys.stderr)
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant: "
 
 
@@ -161,13 +176,13 @@ def decode_completions(tokens: torch.Tensor, lengths: torch.Tensor, tokenizer: P
 
 def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
             group_size: int, max_new_tokens: int, keys: torch.Tensor | None, temperature: float = 1.0,
-            top_p: float = 1.0, system_prompt: str | None = None, device: torch.device | None = None,
+            top_p: float = 1.0, system_prompt: str | None = None, chat: str = "never", device: torch.device | None = None,
             with_entropies: bool = False, decoder: str = "auto", **_: Any) -> Batch:
     """Generate `group_size` completions for each problem in one batch (not yet verified: `correct` is None).
     keys: [B·G] sampling keys; decoder: `auto` / `fast` / `hf` (see `stepper`)."""
     device = device or next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
-    texts = [render_prompt(p.prompt, tokenizer, system_prompt) for p in rows]
+    texts = [render_prompt(p.prompt, tokenizer, system_prompt, chat) for p in rows]
     ids, mask = encode_prompts(texts, tokenizer, device)
     was_training = model.training
     model.eval()

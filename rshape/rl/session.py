@@ -3,7 +3,7 @@ held-out evaluation and checkpoints (`rl` in rshape.rl.loop, `sft` phases in rsh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,26 @@ from rshape.runs import (
 )
 from rshape.tasks import build_task
 from rshape.tasks.base import Task
+from rshape.trackers import Trackers
+
+TRACKED = ("metrics", "eval")  # the logs whose records also go to the recipe's trackers
+
+
+class TrackedLog(JsonlWriter):
+    """A JSONL log whose records are also sent to the trackers (after the line is written: JSONL comes first)."""
+
+    def __init__(self, path: Path, trackers: Trackers) -> None:
+        super().__init__(path)
+        self.trackers = trackers
+
+    def write(self, record: dict[str, Any]) -> None:
+        super().write(record)
+        self.trackers.log(record)
 
 
 @dataclass
 class RunSession:
-    """One run directory with its task, policy and logs."""
+    """One run directory with its task, policy, logs and trackers."""
 
     recipe: Recipe
     run_dir: Path
@@ -37,6 +52,7 @@ class RunSession:
     task: Task
     policy: Policy
     logs: dict[str, JsonlWriter]
+    trackers: Trackers = field(default_factory=Trackers)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -61,19 +77,30 @@ class RunSession:
         return cls(recipe, run_dir, device, dtype, task, policy, {})
 
     def start(self, manifest_extra: dict[str, Any], logs: tuple[str, ...]) -> None:
-        """A fresh run: write the resolved recipe and the manifest, open the logs."""
+        """A fresh run: write the resolved recipe and the manifest, open the logs and the trackers."""
         (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe))
         write_json(self.run_dir / "manifest.json", manifest(self.recipe.seed, self.device, manifest_extra))
         self.open_logs(logs)
 
     def resume_logs(self, logs: dict[str, int]) -> None:
-        """A resumed run: drop each log's records after its step (name → step), then open the logs."""
+        """A resumed run: drop each log's records after its step (name → step), then open the logs and the trackers.
+        The trackers drop what they got after the earliest of those steps and are sent the records kept from it on."""
         for name, step in logs.items():
             truncate_jsonl_after_step(self.run_dir / f"{name}.jsonl", step)
-        self.open_logs(tuple(logs))
+        tracked = [step for name, step in logs.items() if name in TRACKED]
+        first = min(tracked) + 1 if tracked else None
+        self.open_logs(tuple(logs), first)
+        if first is not None and self.trackers.backends:
+            kept = [r for name in TRACKED if name in logs for r in read_jsonl(self.run_dir / f"{name}.jsonl")
+                    if r["step"] >= first]
+            for record in sorted(kept, key=lambda r: r["step"]):
+                self.trackers.log(record)
 
-    def open_logs(self, logs: tuple[str, ...]) -> None:
-        self.logs = {name: JsonlWriter(self.run_dir / f"{name}.jsonl") for name in logs}
+    def open_logs(self, logs: tuple[str, ...], first_step: int | None = None) -> None:
+        """Open the JSONL logs and the recipe's trackers (`first_step`: a resumed run's first step logged again)."""
+        self.trackers = Trackers.open(self.recipe, self.run_dir, first_step)
+        self.logs = {name: TrackedLog(self.run_dir / f"{name}.jsonl", self.trackers) if name in TRACKED
+                     else JsonlWriter(self.run_dir / f"{name}.jsonl") for name in logs}
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out evaluation (rshape.evaluate), logged to eval.jsonl; the model goes back to train mode."""
@@ -90,11 +117,13 @@ class RunSession:
                                                          **state}, tokenizer=self.tokenizer)
 
     def close_logs(self) -> None:
+        """Close the JSONL logs and the trackers."""
         for log in self.logs.values():
             log.close()
+        self.trackers.close()
 
     def finish(self, final_eval: dict[str, float], steps: int) -> dict[str, Any]:
-        """Close the logs and write summary.json (first and final evaluation)."""
+        """Close the logs and trackers and write summary.json (first and final evaluation)."""
         self.close_logs()
         summary = {"run_dir": str(self.run_dir), "first_eval": read_jsonl(self.run_dir / "eval.jsonl")[0],
                    "final_eval": final_eval, "steps": steps, "eval_set": self.task.eval_source}

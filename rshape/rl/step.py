@@ -100,8 +100,8 @@ def generate_and_score(t: Trainer, step: int, round_: int, context: LoopContext,
     keys = sample_keys(t.recipe.seed, step, [tag + p.id for p in problems for _ in range(G)],
                        [g for _ in problems for g in range(G)])  # [B·G]
     batch = rollout(run.model, run.tokenizer, problems, group_size=G, max_new_tokens=limit, keys=keys,
-                    temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=run.task.system_prompt, device=run.device,
-                    with_entropies=t.rewards.needs_entropies, decoder=cfg.decoder)
+                    temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=run.task.system_prompt, chat=run.task.chat,
+                    device=run.device, with_entropies=t.rewards.needs_entropies, decoder=cfg.decoder)
     correct = verify(batch, run.task)  # [N]
     batch.step, batch.context, batch.schedule = step, context, schedule_values
     t.sampler.observe([p.id for p in problems], batch.grouped(correct).mean(1).tolist(), step)  # before filtering

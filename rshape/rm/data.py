@@ -13,18 +13,16 @@ shared prefix becomes the prompt. Rendering to model inputs is rshape.rm.modelin
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rshape.rm.recipe import BUILTIN_PREFERENCES, RMDataConfig
 from rshape.tasks import DataError
 from rshape.tasks.arithmetic import column_steps, make_prompt, make_trace, sample_pairs
 from rshape.tasks.base import Problem
+from rshape.tasks.sources import read_records
 
 Prompt = str | list[dict[str, str]]
 Response = str | list[dict[str, str]]
@@ -51,89 +49,6 @@ class ScoredExample:
     response: Response
     ratings: tuple[float | None, ...]
     where: str = ""
-
-
-# --------------------------------------------------------------------------- reading records
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-
-
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        yield from _jsonl_records(path)  # a .json file holding JSON Lines
-        return
-    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
-        lengths = {k: len(v) for k, v in data.items()}
-        if len(set(lengths.values())) > 1:
-            raise DataError(f"{path}: columns have mismatched lengths: " + ", ".join(f"{k} {n}" for k, n in lengths.items()))
-        n = next(iter(lengths.values()))
-        for i in range(n):
-            yield f"{path}: row {i + 1}", {k: v[i] for k, v in data.items()}
-        return
-    if isinstance(data, list):
-        for i, row in enumerate(data):
-            yield f"{path}: item {i + 1}", row
-        return
-    raise DataError(f"{path}: expected JSON Lines, an array of objects or an object of columns")
-
-
-def _datasets_records(source: str, split: str) -> Iterator[tuple[str, Any]]:
-    import datasets
-
-    try:
-        if source.startswith("hf:"):
-            ds = datasets.load_dataset(source[3:], split=split)
-            label, first = source, 0
-        elif Path(source).is_dir():
-            ds = datasets.load_from_disk(source)
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise DataError(f"{source}: no split {split!r}; available: {', '.join(ds)}")
-                ds = ds[split]
-            label, first = source, 0
-        else:
-            suffix = Path(source).suffix.lower()
-            builder = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(suffix)
-            if builder is None:
-                raise DataError(f"{source}: unknown data format {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet, "
-                                ".arrow, a save_to_disk directory or hf:NAME")
-            kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
-            ds = datasets.load_dataset(builder, data_files=source, split="train", **kwargs)
-            label, first = source, (2 if builder == "csv" else 0)  # csv: line 1 is the header
-    except DataError:
-        raise
-    except Exception as exc:  # datasets raises many kinds; keep it to one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{source}: cannot read with `datasets`: {msg}") from None
-    for i, row in enumerate(ds):
-        yield (f"{label}:{first + i}" if first else f"{label}: row {i + 1}"), row
-
-
-def read_records(source: str, split: str = "train") -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record of a source (JSONL/JSON read here, the rest through `datasets`)."""
-    if not source.startswith("hf:"):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{source}: file not found")
-        if path.is_file() and path.suffix.lower() == ".jsonl":
-            yield from _jsonl_records(path)
-            return
-        if path.is_file() and path.suffix.lower() == ".json":
-            yield from _json_records(path)
-            return
-    yield from _datasets_records(source, split)
 
 
 # --------------------------------------------------------------------------- checking records

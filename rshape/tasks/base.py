@@ -42,6 +42,7 @@ class Task:
     verify: Callable[[str, Problem], bool]
     system_prompt: str | None = None
     eval_source: str = "held-out"  # what the eval split is, for the end-of-run table
+    chat: str = "never"  # text prompts through the chat template: auto (when the tokenizer has one), always, never
 
     def difficulties(self) -> list[int]:
         """Sorted difficulty buckets present in the eval split (empty when the data has none)."""

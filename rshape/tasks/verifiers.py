@@ -7,8 +7,20 @@ from collections.abc import Callable
 
 from rshape.tasks.base import Problem, extract_tagged_answer
 
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete `\\boxed{…}` (or `\\fbox{…}`), braces balanced at any depth; None if none."""
+    found = None
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found = text[m.end(): i - 1]
+    return found.strip() if found is not None else None
 
 
 def extract_answer(completion: str) -> str | None:
@@ -16,8 +28,7 @@ def extract_answer(completion: str) -> str | None:
     tagged = extract_tagged_answer(completion)
     if tagged is not None:
         return tagged
-    boxed = _BOXED.findall(completion)
-    return boxed[-1].strip() if boxed else None
+    return last_boxed(completion)
 
 
 def normalize(text: str) -> str:
