@@ -13,8 +13,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Reward-shaping experiments for RL fine-tuning of language models.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"rshape {version('rshape')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print rshape's version and exit.")] = False,
+) -> None:
     """Reward-shaping experiments for RL fine-tuning of language models."""
 
 
@@ -45,6 +56,9 @@ def rl(
     accept_changes: Annotated[bool, typer.Option("--accept-changes", help="With --resume: continue with a recipe that "
                                                  "changes keys of the run's own (recorded in recipe_changes.jsonl).")
                               ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, load the data and tokenizer when reachable, "
+                                          "and print the plan (steps, tokens, parameters, GPU memory estimate); "
+                                          "train and write nothing.")] = False,
 ) -> None:
     """Train a policy with a GRPO-family algorithm as RECIPE says."""
     from rshape.deferred import deferred_import
@@ -59,9 +73,16 @@ def rl(
         except RecipeError as exc:
             fail(exc.lines)
         try:
-            check_run_dir(cfg.output_dir, resume, cfg.train.steps)
+            if not dry_run:
+                check_run_dir(cfg.output_dir, resume, cfg.train.steps)
         except RunDirError as exc:
             fail(str(exc).splitlines())
+    if dry_run:
+        from rshape.plan import build_plan, print_plan
+
+        print(f"plan for {recipe}" + (f" {' '.join(overrides)}" if overrides else ""))
+        print_plan(build_plan(cfg))
+        return
     from rich.console import Console
 
     from rshape.report import print_summary

@@ -45,6 +45,7 @@ def deferred_import(name: str) -> Iterator[None]:
         return
     stand_in = DeferredModule(name)
     stand_in.__file__ = spec.origin  # inspect.getmodule reads it on every module
+    stand_in.__spec__ = spec  # importlib.util.find_spec(name) answers as for the real module
     sys.modules[name] = stand_in
     try:
         yield

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def recipe_changes(recipe: Recipe) -> list[tuple[str, Any, Any]]:
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False) -> tuple[Trainer, int]:
+def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
+           say: Callable[[str], None] | None = None) -> tuple[Trainer, int]:
     """Everything a step needs, fresh or restored from the latest checkpoint; returns it and the last step done.
 
     A resumed run must be the same run: a changed key outside SAFE_ON_RESUME is refused (one line per key) unless
@@ -100,7 +101,7 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False) -> tuple[
                                     + [f"  {k}: {old!r} → {new!r}" for k, old, new in unsafe]
                                     + ["resume with the run's own settings, or pass --accept-changes to continue "
                                        "with these (recorded in recipe_changes.jsonl)"]))
-    run = RunSession.open(recipe, resume, keep_reference=recipe.algorithm.kl_beta > 0)
+    run = RunSession.open(recipe, resume, keep_reference=recipe.algorithm.kl_beta > 0, say=say)
     rewards = build_rewards(recipe.rewards, mode=recipe.reward_combine)
     check_decoder(run.model, recipe.rollout.decoder)  # before anything is written to the run directory
     run.model.train()
@@ -185,7 +186,8 @@ def stop_requests() -> Iterator[dict[str, str | None]]:
 def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_changes: bool = False) -> dict[str, Any]:
     """Run `rshape rl` as the recipe says; returns the summary (first and last eval). SIGINT / SIGTERM stop it after
     the current step with a checkpoint (RunInterrupted), so that --resume continues exactly."""
-    t, start_step = set_up(recipe, resume, accept_changes)
+    say = (lambda line: console.print(line, style="dim", highlight=False)) if console is not None else None
+    t, start_step = set_up(recipe, resume, accept_changes, say)
     run, steps = t.run, recipe.train.steps
     if start_step == 0:
         run.evaluate(0)

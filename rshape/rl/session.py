@@ -3,6 +3,7 @@ held-out evaluation and checkpoints (`rl` in rshape.rl.loop, `sft` phases in rsh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class RunSession:
     policy: Policy
     logs: dict[str, JsonlWriter]
     trackers: Trackers = field(default_factory=Trackers)
+    say: Callable[[str], None] = lambda _: None  # a line for the person watching (the CLI's stderr console)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -63,9 +65,11 @@ class RunSession:
         return self.policy.tokenizer
 
     @classmethod
-    def open(cls, recipe: Recipe, resume: bool, keep_reference: bool = False) -> RunSession:
+    def open(cls, recipe: Recipe, resume: bool, keep_reference: bool = False,
+             say: Callable[[str], None] | None = None) -> RunSession:
         """Threads, device and dtype; the run directory (checked before anything loads); the seeded task; the
         policy. Nothing is written to the run directory yet (see `start` / `resume_logs`)."""
+        say = say or (lambda _: None)
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
         device = resolve_device(recipe.device)
@@ -73,8 +77,10 @@ class RunSession:
         run_dir = prepare_run_dir(recipe.output_dir, resume)
         torch.manual_seed(recipe.seed)
         task = build_task(recipe.task, recipe.seed)
+        say(f"loading {recipe.model.name}" + (" (4-bit base)" if recipe.model.load_in_4bit else "")
+            + (f" + adapter {recipe.model.adapter}" if recipe.model.adapter else "") + f" on {device}, {str(dtype)[6:]}")
         policy = load_policy(recipe.model, device, dtype, keep_reference=keep_reference)
-        return cls(recipe, run_dir, device, dtype, task, policy, {})
+        return cls(recipe, run_dir, device, dtype, task, policy, {}, say=say)
 
     def start(self, manifest_extra: dict[str, Any], logs: tuple[str, ...]) -> None:
         """A fresh run: write the resolved recipe and the manifest, open the logs and the trackers."""
@@ -104,6 +110,8 @@ class RunSession:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out evaluation (rshape.evaluate), logged to eval.jsonl; the model goes back to train mode."""
+        k = self.recipe.eval.samples
+        self.say(f"evaluating step {step}: {len(self.task.eval):,} problems, " + (f"{k} samples each" if k else "greedy"))
         self.model.eval()
         with torch.no_grad():
             m = evaluate_recipe(self.model, self.tokenizer, self.task, self.recipe, self.device)
