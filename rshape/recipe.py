@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rshape.curriculum.config import CurriculumConfig
+from rshape.rows import parse_rows
 
 
 class RecipeError(Exception):
@@ -67,22 +68,6 @@ class ModelConfig(Section):
         if self.adapter and not self.lora.enabled:
             raise ValueError("adapter needs lora.enabled")
         return self
-
-
-ROWS_RE = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
-
-
-def parse_rows(rows: str | None) -> slice:
-    """`"start:stop"` (either side may be empty) → slice; None → every row. ValueError on other text."""
-    if rows is None:
-        return slice(None)
-    m = ROWS_RE.match(rows)
-    if not m:
-        raise ValueError("expected start:stop (e.g. 0:1000 or :500)")
-    start, stop = (int(x) if x else None for x in m.groups())
-    if start is not None and stop is not None and stop <= start:
-        raise ValueError("an empty row range (stop ≤ start)")
-    return slice(start, stop)
 
 
 class TaskConfig(Section):

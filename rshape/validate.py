@@ -17,7 +17,6 @@ from rshape.recipe import (
     KeySource,
     Recipe,
     RecipeError,
-    parse_rows,
     phase_recipe,
     read_with_overrides,
     validation_problems,
@@ -25,6 +24,7 @@ from rshape.recipe import (
 from rshape.registry import UnknownName
 from rshape.rewards import RewardConfigError, build_rewards
 from rshape.rl.advantages import ADVANTAGES, check_advantage_params
+from rshape.rows import parse_rows
 from rshape.schedules import parse_schedule
 from rshape.tasks.worlds import BUILTIN_MODELS
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rshape.recipe import parse_rows
+from rshape.rows import parse_rows
 
 
 class DataError(Exception):
