@@ -89,7 +89,7 @@ class Batch:
                 return None
             return x[rows] if isinstance(x, torch.Tensor) else [x[i] for i in idx]
 
-        return dataclasses.replace(self, **{f: pick(getattr(self, f)) for f in _ROW_FIELDS})
+        return dataclasses.replace(self, **{f: pick(getattr(self, f)) for f in ROW_FIELDS})
 
     def trimmed(self) -> Batch:
         """The same rows without the columns that are padding in every row (leading prompt pads, trailing
@@ -113,7 +113,7 @@ class Batch:
         if len(parts) == 1:
             return parts[0]
         values: dict[str, Any] = {}
-        for f in _ROW_FIELDS:
+        for f in ROW_FIELDS:
             xs = [getattr(p, f) for p in parts]
             if any(x is None for x in xs):
                 values[f] = None
@@ -137,5 +137,5 @@ def verify(batch: Batch, task: Task) -> torch.Tensor:
 
 
 # the fields that hold one entry per row
-_ROW_FIELDS = ("prompts", "completions", "completion_ids", "lengths", "truncated", "correct", "problems",
+ROW_FIELDS = ("prompts", "completions", "completion_ids", "lengths", "truncated", "correct", "problems",
                "token_entropies", "prompt_ids", "prompt_mask", "token_ids", "token_mask")

@@ -69,11 +69,12 @@ def rl(
         from rshape.validate import load_recipe
 
         try:
-            cfg = load_recipe(recipe, overrides or [])
+            cfg = load_recipe(recipe, overrides or [], need_hub_cache=not dry_run)
         except RecipeError as exc:
             fail(exc.lines)
+        main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 owns the run directory
         try:
-            if not dry_run:
+            if not dry_run and main_rank:
                 check_run_dir(cfg.output_dir, resume, cfg.train.steps)
         except RunDirError as exc:
             fail(str(exc).splitlines())
@@ -93,7 +94,8 @@ def rl(
     from rshape.tasks import DataError
 
     console = Console(stderr=True)
-    warn_if_cpu_contended(cfg, console)
+    if main_rank:
+        warn_if_cpu_contended(cfg, console)
     try:
         if cfg.phases:
             from rshape.phases import run_phases
@@ -104,10 +106,12 @@ def rl(
     except (RunDirError, DataError, RewardRuntimeError, DecoderError, NonFiniteError) as exc:
         fail(str(exc).splitlines())
     except RunInterrupted as exc:
-        print(f"stopped: {exc}\nresume with: rshape rl {recipe} {' '.join(overrides or [])} --resume".replace("  ", " "),
-              file=sys.stderr)
+        if main_rank:
+            print(f"stopped: {exc}\nresume with: rshape rl {recipe} {' '.join(overrides or [])} --resume".replace("  ", " "),
+                  file=sys.stderr)
         raise typer.Exit(128 + int(getattr(signal, exc.signal_name))) from None
-    print_summary(summary, Console())
+    if main_rank:
+        print_summary(summary, Console())
 
 
 @app.command("eval")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rshape.rl.distributed import SINGLE, Ranks
 from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
 from rshape.stats import cluster_interval, clustered_mean, pass_at_k, wilson_interval
@@ -18,18 +19,20 @@ from rshape.tasks.base import Task
 def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task, *,
                     max_new_tokens: int, batch_size: int = 64, device: torch.device | None = None,
                     decoder: str = "auto", samples: int = 0, temperature: float = 1.0, top_p: float = 1.0,
-                    seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                    seed: int = 0, ranks: Ranks = SINGLE) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate on `task.eval`. samples = 0: one greedy completion per problem; k ≥ 1: k sampled completions
     (temperature, top_p), accuracy = avg@k. Sampling noise is keyed by (seed, problem id, sample index) only,
-    so every evaluation of a run sees the same noise (common random numbers across checkpoints).
+    so every evaluation of a run sees the same noise (common random numbers across checkpoints). With several
+    data-parallel ranks each generates its contiguous share of the problems and the records are gathered.
 
     → (metrics `eval/accuracy`, `eval/accuracy_low`, `eval/accuracy_high` (95%: Wilson for greedy, per-problem
     for avg@k), `eval/length`, `eval/truncation`, each also `/difficulty_d`; per-completion records)."""
     k = max(1, samples)
     records = []
     per_batch = max(1, batch_size // k) if samples else batch_size
-    for start in range(0, len(task.eval), per_batch):
-        problems = task.eval[start: start + per_batch]
+    mine = task.eval[ranks.share(len(task.eval))]
+    for start in range(0, len(mine), per_batch):
+        problems = mine[start: start + per_batch]
         keys = (sample_keys(seed, 0, [p.id for p in problems for _ in range(k)], [i for _ in problems for i in range(k)])
                 if samples else None)
         ro = rollout(model, tokenizer, problems, group_size=k, max_new_tokens=max_new_tokens, keys=keys,
@@ -40,16 +43,18 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
             records.append({"id": p.id, "difficulty": p.difficulty, "sample": i % k,
                             "correct": bool(task.verify(text, p)), "length": n, "truncated": trunc,
                             "completion": text})
+    records = [r for part in ranks.gather(records) for r in part]
     return summarize(records), records
 
 
 def evaluate_recipe(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task, recipe: Any,
-                    device: torch.device | None = None) -> dict[str, float]:
+                    device: torch.device | None = None, ranks: Ranks = SINGLE) -> dict[str, float]:
     """`evaluate_policy` with a recipe's `eval` settings (generation limit, batch, greedy or avg@k)."""
     ev, ro = recipe.eval, recipe.rollout
     m, _ = evaluate_policy(model, tokenizer, task, max_new_tokens=ev.max_new_tokens or ro.max_new_tokens,
                            batch_size=ev.batch_size, device=device, decoder=ro.decoder, samples=ev.samples,
-                           temperature=ev.temperature or ro.temperature, top_p=ev.top_p or ro.top_p, seed=ev.seed)
+                           temperature=ev.temperature or ro.temperature, top_p=ev.top_p or ro.top_p, seed=ev.seed,
+                           ranks=ranks)
     return m
 
 

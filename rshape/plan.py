@@ -169,14 +169,18 @@ def print_plan(plan: dict[str, Any], out: Any = print) -> None:
         f"advantage {r.algorithm.advantage}")
     if "memory" in plan:
         m = plan["memory"]
-        terms = ["weights", "frozen reference", "trainable state", "KV cache", "activations", "logits"]
-        total = sum(m[k] for k in terms)
+        resident = ["weights", "frozen reference", "trainable state"]
+        generation, update = m["KV cache"], m["activations"] + m["logits"]
+        total = sum(m[k] for k in resident) + max(generation, update)  # the KV cache is freed before the update
         out(f"  GPU memory (estimate, {plan['memory_dtype']}, prompts of {plan['memory_prompt']} tokens, "
             f"{m['chunk_rows']} rows per training chunk):")
-        for k in terms:
+        for k in [*resident, "KV cache", "activations", "logits"]:
             if m[k]:
-                out(f"    {k:<18}{_gb(m[k]):>10}")
-        fits = next((f"fits one {g} GB GPU" for g in (24, 40, 80, 141) if total * 1.3 < g * 1e9), "needs more than one GPU")
-        out(f"    {'total':<18}{_gb(total):>10}   (±30%: {fits})")
-        if m["logits"] > 0.25 * total:
+                out(f"    {k:<18}{_gb(m[k]):>10}" + ("   (generation)" if k == "KV cache" else
+                                                    "   (update)" if k in ("activations", "logits") else ""))
+        fits = next((f"fits one {g} GB GPU" for g in (24, 40, 48, 80, 94, 141) if total * 1.1 < g * 1e9),
+                    "more than one GPU holds")
+        out(f"    {'peak':<18}{_gb(total):>10}   (resident + the larger of generation and update, ±30%; {fits} with "
+            "10% to spare)")
+        if m["logits"] > 0.5 * total:
             out("    note: the logits of a training chunk dominate: lower algorithm.logprob_chunk")

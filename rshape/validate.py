@@ -29,9 +29,10 @@ from rshape.schedules import parse_schedule
 from rshape.tasks.worlds import BUILTIN_MODELS
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_hub_cache: bool = True) -> Recipe:
     """Read, override and validate a recipe completely; raise RecipeError listing every problem at once: a schema
-    error elsewhere does not hide the checks of the rewards or of the estimator's parameters."""
+    error elsewhere does not hide the checks of the rewards or of the estimator's parameters. `need_hub_cache=False`
+    (a dry run) accepts a Hub model id that is not cached under HF_HUB_OFFLINE=1."""
     data, source = read_with_overrides(path, overrides)
     try:
         recipe = Recipe.model_validate(data)
@@ -40,7 +41,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         located = {line.split(": ", 2)[1] for line in errors}
         errors += [e for e in _section_errors(data, source) if e.split(": ", 2)[1] not in located]
         raise RecipeError(errors) from None
-    errors = check_recipe(recipe, source)
+    errors = check_recipe(recipe, source, need_hub_cache)
     if errors:
         raise RecipeError(errors)
     return recipe
@@ -78,7 +79,7 @@ def _section_errors(data: dict, source: KeySource) -> list[str]:
     return errors
 
 
-def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:
+def check_recipe(recipe: Recipe, source: KeySource, need_hub_cache: bool = True) -> list[str]:
     """Validate what the schema cannot: reward names and parameters, estimator parameters, schedules, phases,
     the token-budget schedule and data files. One error line each."""
     errors = _reward_errors(recipe.rewards, recipe.reward_combine, source)
@@ -89,7 +90,7 @@ def check_recipe(recipe: Recipe, source: KeySource) -> list[str]:
         except ValidationError as exc:  # a schedule's first location is its tag
             errors += [source.line(loc, msg) for loc, msg in validation_problems(exc, ("schedules", name), skip=1)]
     errors += _phase_errors(recipe, source)
-    errors += _model_errors(recipe, source)
+    errors += _model_errors(recipe, source, need_hub_cache)
     errors += _tracker_errors(recipe, source)
     budget_source = recipe.rollout.max_new_tokens_from
     if budget_source is not None and budget_source not in recipe.schedules:
@@ -151,7 +152,7 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def model_problems(model: Any) -> list[tuple[tuple[str, ...], str]]:
+def model_problems(model: Any, need_hub_cache: bool = True) -> list[tuple[tuple[str, ...], str]]:
     """(key, problem) for a `model` section that cannot load: the name must be a local directory with config.json,
     a shipped `builtin:` policy, or a Hub id that is cached when HF_HUB_OFFLINE=1; an adapter needs
     adapter_config.json. Nothing is loaded."""
@@ -167,7 +168,8 @@ def model_problems(model: Any) -> list[tuple[tuple[str, ...], str]]:
         elif not (path / "config.json").is_file():
             problems.append((("model", "name"), f"{name} has no config.json: not a Hugging Face model directory (point "
                              "at the folder save_pretrained wrote)"))
-    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+    elif need_hub_cache and os.environ.get("HF_HUB_OFFLINE") == "1" and \
+            not isinstance(try_to_load_from_cache(name, "config.json"), str):
         problems.append((("model", "name"), f"{name!r} is neither a local directory nor in the Hugging Face cache, and "
                          "HF_HUB_OFFLINE=1: download it first or give a local directory"))
     adapter = model.adapter
@@ -176,10 +178,10 @@ def model_problems(model: Any) -> list[tuple[tuple[str, ...], str]]:
     return problems
 
 
-def _model_errors(recipe: Recipe, source: KeySource) -> list[str]:
+def _model_errors(recipe: Recipe, source: KeySource, need_hub_cache: bool = True) -> list[str]:
     """The policy and adapter must be loadable (`model_problems`), and output_dir a directory (checked before anything
     is written)."""
-    errors = [source.line(loc, msg) for loc, msg in model_problems(recipe.model)]
+    errors = [source.line(loc, msg) for loc, msg in model_problems(recipe.model, need_hub_cache)]
     out = Path(recipe.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         errors.append(source.line(("output_dir",), f"{recipe.output_dir} is a file, not a directory"))

@@ -63,7 +63,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(qwen_config_dir, tmp_path):
     assert "Qwen2ForCausalLM, 1,543.7 M parameters" in out and "LoRA r=16 on all-linear: 18.46 M trainable" in out
     assert "20 training problems; eval: 10" in out and "tokenizer not loaded" in out
     assert "50 × 4 prompts × 8 completions = 32 completions per step (1,600 in all)" in out
-    assert "≤ 32,768 generated per step" in out and "GPU memory (estimate" in out and "total" in out
+    assert "≤ 32,768 generated per step" in out and "GPU memory (estimate" in out and "peak" in out
     assert not (tmp_path / "run").exists()
     offline = CliRunner().invoke(app, ["rl", str(recipe), "--dry-run", "model.name=builtin:tiny-graded",
                                        "task.train_file=" + str(tmp_path / "missing.jsonl")])

@@ -148,9 +148,9 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(rand
     real_loss, real_update = step_module.clipped_policy_loss, step_module.policy_update
     current = {"step": 0}
 
-    def update(policy, ro, advantages, recipe, optimizer, params, step):
+    def update(policy, ro, advantages, recipe, optimizer, params, step, *rest):
         current["step"] = step
-        return real_update(policy, ro, advantages, recipe, optimizer, params, step)
+        return real_update(policy, ro, advantages, recipe, optimizer, params, step, *rest)
 
     def poisoned(*args, **kwargs):
         terms = real_loss(*args, **kwargs)

@@ -102,6 +102,9 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
                                     + ["resume with the run's own settings, or pass --accept-changes to continue "
                                        "with these (recorded in recipe_changes.jsonl)"]))
     run = RunSession.open(recipe, resume, keep_reference=recipe.algorithm.kl_beta > 0, say=say)
+    if recipe.rollout.prompts_per_step < run.ranks.world:
+        raise RunDirError(f"rollout.prompts_per_step ({recipe.rollout.prompts_per_step}) is smaller than the "
+                          f"{run.ranks.world} data-parallel ranks: every rank needs at least one prompt (group) per step")
     rewards = build_rewards(recipe.rewards, mode=recipe.reward_combine)
     check_decoder(run.model, recipe.rollout.decoder)  # before anything is written to the run directory
     run.model.train()
@@ -140,7 +143,7 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
 
 def record_changes(run: RunSession, changes: list[tuple[str, Any, Any]], step: int) -> None:
     """Append the accepted changes to recipe_changes.jsonl and make recipe.yaml describe the run as it continues."""
-    if not changes:
+    if not changes or not run.ranks.main:
         return
     log = JsonlWriter(run.run_dir / "recipe_changes.jsonl")
     for key, old, new in changes:
@@ -191,7 +194,7 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_chan
     run, steps = t.run, recipe.train.steps
     if start_step == 0:
         run.evaluate(0)
-    with stop_requests() as stop, StepProgress(steps, start_step, enabled=recipe.train.progress,
+    with stop_requests() as stop, StepProgress(steps, start_step, enabled=recipe.train.progress and run.ranks.main,
                                                console=console) as progress:
         for step in range(start_step + 1, steps + 1):
             record = rl_step(t, step)
@@ -202,11 +205,12 @@ def train(recipe: Recipe, resume: bool = False, console: Any = None, accept_chan
             if recipe.eval.every and step % recipe.eval.every == 0 and step != steps:
                 run.evaluate(step)
             on_schedule = bool(recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0)
-            if on_schedule or stop["signal"]:
+            stopping = run.ranks.any(stop["signal"] is not None)  # every rank stops after the same step
+            if on_schedule or stopping:
                 checkpoint(t, step)
-            if stop["signal"]:
+            if stopping:
                 run.close_logs()
-                raise RunInterrupted(step, run.run_dir, stop["signal"])
+                raise RunInterrupted(step, run.run_dir, stop["signal"] or "SIGTERM")
     final_eval = run.evaluate(steps)
     if not (recipe.train.checkpoint_every and steps % recipe.train.checkpoint_every == 0):
         checkpoint(t, steps)

@@ -23,6 +23,7 @@ from rshape.recipe import Recipe
 from rshape.rewards import RewardScores, RewardSet
 from rshape.rl.advantages import AdvantageInputs, estimate, estimator_needs, normalize_then_sum, step_advantages
 from rshape.rl.context import LoopContext
+from rshape.rl.distributed import SINGLE, Ranks, gather_batch
 from rshape.rl.loss import (
     clipped_policy_loss,
     completion_logits,
@@ -97,11 +98,13 @@ def generate_and_score(t: Trainer, step: int, round_: int, context: LoopContext,
     problems = t.sampler.next(B)
     limit = generation_limit(t, step)
     tag = "" if round_ == 0 else f"round{round_}:"  # refills draw fresh noise
-    keys = sample_keys(t.recipe.seed, step, [tag + p.id for p in problems for _ in range(G)],
-                       [g for _ in problems for g in range(G)])  # [B·G]
-    batch = rollout(run.model, run.tokenizer, problems, group_size=G, max_new_tokens=limit, keys=keys,
+    mine = problems[run.ranks.share(len(problems))]  # this rank's whole groups (all of them with one rank)
+    keys = sample_keys(t.recipe.seed, step, [tag + p.id for p in mine for _ in range(G)],
+                       [g for _ in mine for g in range(G)])  # [b·G]
+    batch = rollout(run.model, run.tokenizer, mine, group_size=G, max_new_tokens=limit, keys=keys,
                     temperature=cfg.temperature, top_p=cfg.top_p, system_prompt=run.task.system_prompt, chat=run.task.chat,
                     device=run.device, with_entropies=t.rewards.needs_entropies, decoder=cfg.decoder)
+    batch = gather_batch(batch, run.ranks, run.tokenizer.pad_token_id)  # [B·G] on every rank
     correct = verify(batch, run.task)  # [N]
     batch.step, batch.context, batch.schedule = step, context, schedule_values
     t.sampler.observe([p.id for p in problems], batch.grouped(correct).mean(1).tolist(), step)  # before filtering
@@ -176,9 +179,24 @@ def advantages_of(t: Trainer, scored: Scored, scores: RewardScores) -> torch.Ten
 # ---------------------------------------------------------------------------------------------- update
 
 
+def shared_logprobs(model: torch.nn.Module, ro: Batch, temperature: float, chunk: int | None, ranks: Ranks
+                    ) -> torch.Tensor:
+    """token_logprobs of every row, each rank computing its share and the shares summed → [N, T]."""
+    n = ro.token_ids.shape[0]
+    if ranks.world == 1:
+        return token_logprobs(model, ro, temperature, chunk)[0]
+    rows = torch.arange(n)[ranks.share(n)]
+    out = torch.zeros(ro.token_ids.shape, device=ro.token_ids.device)  # [N, T]
+    if len(rows):
+        out[rows.to(out.device)] = token_logprobs(model, ro.select(rows), temperature, chunk)[0]
+    return ranks.sum_(out)
+
+
 def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Recipe, optimizer: torch.optim.Optimizer,
-                  params: list[torch.nn.Parameter], step: int) -> dict[str, float]:
-    """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics."""
+                  params: list[torch.nn.Parameter], step: int, ranks: Ranks = SINGLE) -> dict[str, float]:
+    """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics. With several
+    data-parallel ranks each back-propagates its share of every minibatch's row chunks (the minibatch's normalisers
+    make the chunk losses add up) and the gradients are summed before the step."""
     algo, temperature = recipe.algorithm, recipe.rollout.temperature
     model = policy.model
     device = ro.token_ids.device
@@ -186,11 +204,11 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
     n = ro.token_ids.shape[0]
     reuse = algo.epochs > 1 or algo.minibatches > 1
     with torch.no_grad():
-        old_logp = token_logprobs(model, ro, temperature, algo.logprob_chunk)[0] if reuse else None  # [N, T]
+        old_logp = shared_logprobs(model, ro, temperature, algo.logprob_chunk, ranks) if reuse else None  # [N, T]
         ref_logp = None
         if algo.kl_beta > 0:
             with policy.reference() as ref:
-                ref_logp = token_logprobs(ref, ro, temperature, algo.logprob_chunk)[0]  # [N, T]
+                ref_logp = shared_logprobs(ref, ro, temperature, algo.logprob_chunk, ranks)  # [N, T]
     totals = {"loss": 0.0, "policy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "approx_kl": 0.0}
     entropy_sum, grad_norms, tokens_seen = 0.0, [], 0
     g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
@@ -200,7 +218,9 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
             mb = ro.select(mb_rows)
             num_tokens = mb.num_tokens
             optimizer.zero_grad(set_to_none=True)
-            for chunk_rows in length_sorted_chunks(mb, rows_per_chunk(model, mb, algo.logprob_chunk)):
+            non_finite = None
+            chunks = length_sorted_chunks(mb, rows_per_chunk(model, mb, algo.logprob_chunk))
+            for chunk_rows in chunks[ranks.rank::ranks.world]:  # this rank's share of the chunks
                 part = mb.select(chunk_rows).trimmed()  # similar lengths, padding-only columns dropped
                 rows, width = mb_rows[chunk_rows], part.token_ids.shape[1]
                 logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.token_ids,
@@ -214,9 +234,8 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                     ratio_level=algo.ratio_level, ref_logp=ref_logp[rows, :width] if ref_logp is not None else None,
                     kl_beta=algo.kl_beta, entropy=ent, entropy_coef=algo.entropy_coef)
                 if not torch.isfinite(terms.loss):
-                    raise NonFiniteError(f"step {step}: the loss is {terms.loss.item()} (not finite); likely causes: a "
-                                         "reward or advantage that is inf or huge, or a learning rate too high. The "
-                                         "latest checkpoint is the last good state")
+                    non_finite = terms.loss.item()
+                    break
                 terms.loss.backward()
                 for k in ("loss", "policy", "kl"):
                     totals[k] += getattr(terms, k).item() / (algo.epochs * algo.minibatches)
@@ -224,6 +243,11 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                     totals[k] += getattr(terms, k).item()
                 if ent is not None and epoch == 0:
                     entropy_sum += (ent.detach() * mask).sum().item()
+            if ranks.any(non_finite is not None):  # every rank stops together
+                raise NonFiniteError(f"step {step}: the loss is {non_finite if non_finite is not None else 'not finite'}"
+                                     " (not finite); likely causes: a reward or advantage that is inf or huge, or a "
+                                     "learning rate too high. The latest checkpoint is the last good state")
+            ranks.sum_gradients(params)
             tokens_seen += num_tokens
             grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
             if not math.isfinite(grad_norms[-1]):
@@ -231,6 +255,11 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                                      "weights already broken by a learning rate too high, or an inf advantage. The "
                                      "latest checkpoint is the last good state")
             optimizer.step()
+    if ranks.world > 1:  # the loss terms and counts of every rank's chunks
+        keys = list(totals)
+        summed = ranks.sum_(torch.tensor([totals[k] for k in keys] + [entropy_sum], dtype=torch.float64,
+                                          device=ranks.device_for_collectives()))
+        totals, entropy_sum = dict(zip(keys, summed[:-1].tolist())), summed[-1].item()
     tokens_per_epoch = max(1, ro.num_tokens)
     return {
         "loss/total": totals["loss"], "loss/policy": totals["policy"], "loss/kl": totals["kl"],
@@ -247,7 +276,7 @@ def update(t: Trainer, batch: Batch, advantages: torch.Tensor, step: int) -> dic
     if t.recipe.algorithm.mask_truncated:
         batch.token_mask &= ~batch.truncated.to(batch.token_mask.device)[:, None]
     if batch.token_ids.shape[0] and batch.num_tokens:
-        metrics = policy_update(t.run.policy, batch, advantages, t.recipe, t.optimizer, t.params, step)
+        metrics = policy_update(t.run.policy, batch, advantages, t.recipe, t.optimizer, t.params, step, t.run.ranks)
     else:  # nothing to learn from (every group dropped or masked): no optimizer step
         metrics = {"optim/skipped": 1.0}
     with warnings.catch_warnings():  # the LR follows RL steps, skipped or not: torch's order warning is moot
