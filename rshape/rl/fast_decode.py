@@ -257,8 +257,16 @@ class FastDecoder:
                 for _ in self.layers]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (indices into the current batch) in the cache, e.g. drop finished ones."""
-        self.cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cache]
+        """Keep only these rows (indices into the current batch) in the cache, e.g. drop finished ones. Only the
+        written slots are copied; the slots after them are never read before they are written."""
+        used = self.length
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_empty((len(rows), *x.shape[1:]))
+            out[:, :, :used] = x[:, :, :used].index_select(0, rows)
+            return out
+
+        self.cache = [(pick(k), pick(v)) for k, v in self.cache]
         self.key_valid = self.key_valid.index_select(0, rows)
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,21 @@ def sample_keys(seed: int, step: int, prompt_ids: list[str], sample_index: list[
     return mix64(key ^ torch.tensor(sample_index, dtype=torch.int64) * _GOLDEN)
 
 
+_VOCAB_KEYS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def vocab_keys(vocab_size: int, device: torch.device) -> torch.Tensor:
+    """mix64(token id + golden) for every token id [V]: the same for every position, computed once per device."""
+    key = (vocab_size, str(device))
+    if key not in _VOCAB_KEYS:
+        _VOCAB_KEYS[key] = mix64(torch.arange(vocab_size, dtype=torch.int64, device=device) + _GOLDEN)
+    return _VOCAB_KEYS[key]
+
+
 def uniform_noise(keys: torch.Tensor, position: int, vocab_size: int) -> torch.Tensor:
     """U(0,1) of shape [R, V] for token `position` of each row; never exactly 0 or 1."""
     pos_key = mix64(keys + _wrap((position + 1) * _GOLDEN))  # [R]
-    vocab = torch.arange(vocab_size, dtype=torch.int64, device=keys.device)
-    bits = mix64(pos_key[:, None] ^ mix64(vocab + _GOLDEN)[None, :])  # [R, V]
+    bits = mix64(pos_key[:, None] ^ vocab_keys(vocab_size, keys.device)[None, :])  # [R, V]
     mantissa = _srl(bits, 11).to(torch.float64)  # 53 random bits
     return ((mantissa + 0.5) / float(1 << 53)).to(torch.float32)
 
@@ -76,7 +86,8 @@ def pick_tokens(logits: torch.Tensor, keys: torch.Tensor | None, position: int,
     if keys is None:
         return logits.argmax(-1)
     scaled = logits.float() / temperature
-    scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
+    if top_p < 1.0:
+        scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
     u = uniform_noise(keys.to(logits.device), position, logits.shape[-1])
     gumbel = -torch.log(-torch.log(u))
     return (scaled + gumbel).argmax(-1)

@@ -127,7 +127,7 @@ class SweepSpec(_Strict):
     seeds: list[int] | None = None
     """Each setting runs once per seed (default: the base recipe's seed)."""
     max_parallel: int | None = Field(None, gt=0)
-    """Trials at once (default: the number of GPUs, else CPU cores // 2)."""
+    """Trials at once (default: the number of GPUs, else the CPU cores, one thread each)."""
     rank_by: str = "accuracy"
     """Results column that picks the best setting (see `rshape results --help`)."""
     trial_timeout: float | None = Field(None, gt=0)
