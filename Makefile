@@ -70,7 +70,7 @@ rm-demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rshape rl recipes/rl_with_rm.yaml output_dir=runs/rl_with_rm-$$(date +%Y%m%d-%H%M%S)
 
 bench: install
-	$(PY) -m pip install -q -e ".[bench]"
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_trl.py
 
 readme-tables: install

@@ -35,9 +35,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SPEED_TARGET = 1.5  # rshape steps/s over TRL steps/s
-MEMORY_TARGET = 1.0  # rshape peak RSS over TRL peak RSS
+SPEED_TARGET = 3.0  # rshape steps/s over TRL steps/s (issue 16)
+MEMORY_TARGET = 0.6  # rshape peak RSS over TRL peak RSS
+GEN_BOUND_TARGET = 5.0  # generation time over its FLOP bound
+UPDATE_BOUND_TARGET = 2.5  # the rest of the step over the update's FLOP bound
 THREADS = 2
+DP_RANKS = 2  # the data-parallel row: 2 processes of 1 thread on the same 2 cores
 
 
 # --------------------------------------------------------------------------- shared
@@ -46,6 +49,15 @@ THREADS = 2
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prompt_tokens(model_dir: str) -> float:
+    """Mean prompt tokens of the benchmark's training prompts under the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    problems = train_problems()[:500]
+    return statistics.fmean(len(tok(p.prompt)["input_ids"]) for p in problems)
 
 
 def train_problems():
@@ -94,7 +106,7 @@ def summarize(framework: str, runs: list[dict], warmup: int) -> dict:
             "step_times": [r["step_times"] for r in runs], "s_per_step_mean": mean,
             "s_per_step_median": statistics.median(timed), "s_per_step_min": min(timed), "steps_per_s": 1.0 / mean,
             "gen_s_per_step_median": statistics.median(gen) if gen else float("nan"),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "peak_rss_mb": max(r.get("rank_peak_rss_mb", r["peak_rss_mb"]) for r in runs),
             "import_rss_mb": max(r["import_rss_mb"] for r in runs), "wall_s": [r["wall_s"] for r in runs],
             "completion_tokens_mean": statistics.fmean(lengths) if lengths else float("nan")}
 
@@ -176,18 +188,10 @@ def worker_trl(args: argparse.Namespace) -> dict:
             "import_rss_mb": import_rss}
 
 
-def worker_rshape(args: argparse.Namespace) -> dict:
-    import torch
-
-    torch.set_num_threads(THREADS)
-    from rshape.recipe import Recipe
-    from rshape.rl.loop import train
-    from rshape.runs import read_jsonl
-
-    import_rss = peak_rss_mb()
-    run_dir = Path(args.workdir) / "rshape"
-    recipe = Recipe.model_validate({
-        "seed": 0, "output_dir": str(run_dir), "device": "cpu", "dtype": "float32", "threads": THREADS,
+def rshape_recipe(args: argparse.Namespace, run_dir: Path, threads: int) -> dict:
+    """The rshape recipe matched to TRL's settings (see the module docstring)."""
+    return {
+        "seed": 0, "output_dir": str(run_dir), "device": "cpu", "dtype": "float32", "threads": threads,
         "model": {"name": args.model, "gradient_checkpointing": False,
                   "lora": {"enabled": args.lora, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}},
         "task": {"name": "addition", "eval_per_difficulty": 4},
@@ -199,22 +203,88 @@ def worker_rshape(args: argparse.Namespace) -> dict:
         "optim": {"lr": args.lr, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
         "train": {"steps": args.steps, "checkpoint_every": 0, "progress": False},
         "eval": {"every": 0},
-    })
+    }
+
+
+def rshape_rows(run_dir: Path) -> dict:
+    """Step and generation times and tokens per completion (EOS counted, as TRL counts) from metrics.jsonl."""
+    from rshape.runs import read_jsonl
+
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "perf/step_time" in r]
+    return {"step_times": [r["perf/step_time"] for r in rows], "gen_times": [r["perf/gen_time"] for r in rows],
+            "lengths": [r["length/mean"] + (1.0 - r["truncation_rate"]) for r in rows]}
+
+
+def worker_rshape_dp(args: argparse.Namespace) -> dict:
+    """rshape with 2 data-parallel ranks of 1 thread each (torchrun, gloo); peak RSS is the largest rank's."""
+    import yaml
+
+    run_dir = Path(args.workdir) / "rshape-dp"
+    recipe = Path(args.workdir) / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(rshape_recipe(args, run_dir, 1)))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    subprocess.run([str(torchrun), "--standalone", f"--nproc-per-node={DP_RANKS}", "-m", "rshape.cli", "rl", str(recipe)],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    rank_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall_s": wall, **rshape_rows(run_dir), "import_rss_mb": float("nan"), "rank_peak_rss_mb": rank_rss}
+
+
+def matmul_gflops(rows: int, inner: int, cols: int, threads: int, repeats: int = 20) -> float:
+    """This CPU's float32 matmul throughput at one shape, GFLOP/s (best of `repeats`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * rows * inner * cols / best / 1e9
+
+
+def flop_bound(model_dir: str, args: argparse.Namespace, tokens_per_completion: float, prompt_tokens: float) -> dict:
+    """The FLOPs of one step and the time they take at this CPU's measured matmul throughput: generation at the
+    decode shape (B·G rows × hidden), the update at the training shape; every weight multiply counted (2·params per
+    token), the backward as 1× the forward with LoRA (no base-weight gradients) or 2× with full fine-tuning."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    h, f, n, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (h // cfg.num_attention_heads)
+    per_token = 2 * (n * (h * h + 2 * h * kv + h * h + 3 * h * f) + h * v)  # projections, MLP, output layer
+    rows = args.prompts * args.group
+    gen_flops = per_token * rows * (prompt_tokens + tokens_per_completion)
+    update_flops = per_token * rows * (prompt_tokens + tokens_per_completion) * (2 if args.lora else 3)
+    decode = matmul_gflops(rows, h, f, THREADS)
+    train_ = matmul_gflops(int(rows * (prompt_tokens + tokens_per_completion)), h, f, THREADS)
+    return {"gen_gflop": gen_flops / 1e9, "update_gflop": update_flops / 1e9, "decode_gflops": decode,
+            "train_gflops": train_, "gen_bound_s": gen_flops / decode / 1e9, "update_bound_s": update_flops / train_ / 1e9}
+
+
+def worker_rshape(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from rshape.recipe import Recipe
+    from rshape.rl.loop import train
+
+    import_rss = peak_rss_mb()
+    run_dir = Path(args.workdir) / "rshape"
+    recipe = Recipe.model_validate(rshape_recipe(args, run_dir, THREADS))
     t0 = time.perf_counter()
     train(recipe)
     wall = time.perf_counter() - t0
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "perf/step_time" in r]
-    # length/mean excludes EOS; add the EOS of the rows that stopped, to count tokens the way TRL does
-    lengths = [r["length/mean"] + (1.0 - r["truncation_rate"]) for r in rows]
-    return {"wall_s": wall, "step_times": [r["perf/step_time"] for r in rows],
-            "gen_times": [r["perf/gen_time"] for r in rows], "lengths": lengths,
-            "import_rss_mb": import_rss}
+    return {"wall_s": wall, **rshape_rows(run_dir), "import_rss_mb": import_rss}
 
 
 # --------------------------------------------------------------------------- parent
 
 
-def run_worker(name: str, args: argparse.Namespace, model: str, root: Path, round_: int) -> dict:
+def run_worker(name: str, args: argparse.Namespace, model: str, root: Path, round_: int | str) -> dict:
     workdir = root / f"{name}-{round_}"
     workdir.mkdir()
     out = workdir / "result.json"
@@ -225,7 +295,8 @@ def run_worker(name: str, args: argparse.Namespace, model: str, root: Path, roun
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    print(f"round {round_ + 1}/{args.rounds}: {name}, {args.steps} steps...", file=sys.stderr, flush=True)
+    what = f"round {round_ + 1}/{args.rounds}" if isinstance(round_, int) else f"scaling {round_}"
+    print(f"{what}: {name}, {args.steps} steps...", file=sys.stderr, flush=True)
     log = workdir / "worker.log"
     with open(log, "w") as f:
         proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=workdir)
@@ -244,7 +315,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, model_label: str)
     print("| framework | s/step (mean) | s/step (median) | s/step (min) | steps/s | generation s/step (median) | peak RSS MB "
           "| RSS after imports MB | mean completion tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in (trl, rs):
+    for r in (trl, rs, *([results["rshape-dp"]] if "rshape-dp" in results else [])):
         cells = [r["framework"], f"{r['s_per_step_mean']:.3f}", f"{r['s_per_step_median']:.3f}",
                  f"{r['s_per_step_min']:.3f}", f"{r['steps_per_s']:.3f}",
                  f"{r['gen_s_per_step_median']:.3f}", f"{r['peak_rss_mb']:.0f}", f"{r['import_rss_mb']:.0f}",
@@ -260,13 +331,40 @@ def report(results: dict[str, dict], args: argparse.Namespace, model_label: str)
     print(f"       (from medians: {speed_median:.2f}x, from fastest steps: {speed_min:.2f}x; less sensitive to load)")
     print(f"memory rshape/TRL peak RSS  = {memory:.2f}x  (target <= {MEMORY_TARGET}x)  {'PASS' if memory_ok else 'FAIL'}")
     print(f"overall: {'PASS' if speed_ok and memory_ok else 'FAIL'}")
+    dp_ratio = None
+    if "rshape-dp" in results:
+        dp = results["rshape-dp"]
+        dp_ratio = rs["s_per_step_median"] / dp["s_per_step_median"]
+        print(f"\ndata-parallel: {DP_RANKS} ranks × 1 thread vs 1 process × {THREADS} threads = {dp_ratio:.2f}x "
+              f"steps/s (medians); vs TRL {trl['s_per_step_median'] / dp['s_per_step_median']:.2f}x; peak RSS per rank "
+              f"{dp['peak_rss_mb']:.0f} MB (the DP row's peak RSS is the largest rank's)")
+    fb = results.get("flop_bound")
+    if fb:
+        gen = rs["gen_s_per_step_median"]
+        upd = rs["s_per_step_median"] - gen
+        print(f"\nwhere rshape's step goes, against this CPU's float32 matmul throughput ({THREADS} threads: "
+              f"{fb['decode_gflops']:.0f} GFLOP/s at the decode shape, {fb['train_gflops']:.0f} at the training shape):")
+        g, u = gen / fb["gen_bound_s"], upd / fb["update_bound_s"]
+        print(f"  generation  {gen:.3f} s/step for {fb['gen_gflop']:.2f} GFLOP: bound {fb['gen_bound_s']:.3f} s, "
+              f"{g:.1f}x the bound (target <= {GEN_BOUND_TARGET}x) {'PASS' if g <= GEN_BOUND_TARGET else 'FAIL'}")
+        print(f"  rest (scoring, update) {upd:.3f} s/step for {fb['update_gflop']:.2f} GFLOP: bound {fb['update_bound_s']:.3f} s,"
+              f" {u:.1f}x the bound (target <= {UPDATE_BOUND_TARGET}x) {'PASS' if u <= UPDATE_BOUND_TARGET else 'FAIL'}")
+    if results.get("scaling"):
+        print(f"\nscaling (rshape, 1 process × {THREADS} threads; median s/step, generation in brackets):")
+        lengths = sorted({t for _, t in results["scaling"]})
+        print("| G \\ max new tokens | " + " | ".join(str(t) for t in lengths) + " |")
+        print("|---|" + "---:|" * len(lengths))
+        for G in sorted({g for g, _ in results["scaling"]}):
+            cells = [f"{results['scaling'][(G, t)]['s']:.3f} ({results['scaling'][(G, t)]['gen']:.3f})" for t in lengths]
+            print(f"| {G} | " + " | ".join(cells) + " |")
     load = results.get("load_avg", [])
     if load and max(load) > THREADS + 0.5:
         print(f"warning: 1-min load average reached {max(load):.1f} on {os.cpu_count()} cores during the run; "
               "other processes competed for the CPU, so timings are noisy (try --rounds 3 on a quiet machine)")
+    results = {**results, "scaling": {f"G{g}-T{t}": v for (g, t), v in results.get("scaling", {}).items()}}
     return {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "json", "result", "workdir")},
             "results": results, "speed_ratio": speed, "speed_ratio_median": speed_median,
-            "speed_ratio_min": speed_min, "memory_ratio": memory,
+            "speed_ratio_min": speed_min, "memory_ratio": memory, "dp_speed_ratio": dp_ratio,
             "speed_pass": speed_ok, "memory_pass": memory_ok}
 
 
@@ -284,7 +382,11 @@ def main() -> None:
                    "(timings on a shared VM swing ±20%% from run to run)")
     p.add_argument("--model", help="model directory (default: built-in tiny policy if present, else a random tiny Llama)")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--worker", choices=["trl", "rshape"], help=argparse.SUPPRESS)
+    p.add_argument("--scaling", action="store_true", help="also time rshape alone over G = 4, 8, 16, 32 x max new "
+                   "tokens 32, 64, 128 (4 steps each)")
+    p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"also time rshape with {DP_RANKS} data-parallel ranks of 1 thread (torchrun, gloo)")
+    p.add_argument("--worker", choices=["trl", "rshape", "rshape-dp"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -292,7 +394,7 @@ def main() -> None:
         p.error("--warmup must be smaller than --steps")
 
     if args.worker:
-        fn = worker_trl if args.worker == "trl" else worker_rshape
+        fn = {"trl": worker_trl, "rshape": worker_rshape, "rshape-dp": worker_rshape_dp}[args.worker]
         res = fn(args)
         res["peak_rss_mb"] = peak_rss_mb()
         Path(args.result).write_text(json.dumps(res))
@@ -304,15 +406,26 @@ def main() -> None:
         model_label = args.model or ("builtin:tiny-addition (copy)" if Path(model).name == "tiny-addition"
                                      else "random-init tiny Llama (built-in policy not found)")
         print(f"model: {model_label}", file=sys.stderr)
-        runs: dict[str, list[dict]] = {"trl": [], "rshape": []}
+        names = ["trl", "rshape", *(["rshape-dp"] if args.dp else [])]
+        runs: dict[str, list[dict]] = {name: [] for name in names}
         load = [os.getloadavg()[0]]
-        for round_ in range(args.rounds):  # alternate, so background load hits both alike
-            order = ("trl", "rshape") if round_ % 2 == 0 else ("rshape", "trl")
-            for name in order:
+        for round_ in range(args.rounds):  # alternate, so background load hits all alike
+            for name in (names if round_ % 2 == 0 else names[::-1]):
                 runs[name].append(run_worker(name, args, model, workdir, round_))
                 load.append(os.getloadavg()[0])
-        results = {"trl": summarize("TRL", runs["trl"], args.warmup),
-                   "rshape": summarize("rshape", runs["rshape"], args.warmup), "load_avg": load}
+        labels = {"trl": "TRL", "rshape": f"rshape (1 process × {THREADS} threads)",
+                  "rshape-dp": f"rshape ({DP_RANKS} ranks × 1 thread)"}
+        results = {name: summarize(labels[name], runs[name], args.warmup) for name in names}
+        results["load_avg"] = load
+        rs = results["rshape"]
+        results["flop_bound"] = flop_bound(model, args, rs["completion_tokens_mean"], prompt_tokens(model))
+        if args.scaling:
+            results["scaling"] = {}
+            for G in (4, 8, 16, 32):
+                for T in (32, 64, 128):
+                    sub = argparse.Namespace(**{**vars(args), "group": G, "max_new_tokens": T, "steps": 4, "warmup": 1})
+                    r = summarize("rshape", [run_worker("rshape", sub, model, workdir, f"G{G}-T{T}")], 1)
+                    results["scaling"][(G, T)] = {"s": r["s_per_step_median"], "gen": r["gen_s_per_step_median"]}
     out = report(results, args, model_label)
     out["settings"]["model"] = model_label
     if args.json:
