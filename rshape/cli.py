@@ -88,6 +88,7 @@ def rl(
 
     from rshape.report import print_summary
     from rshape.rewards import RewardRuntimeError
+    from rshape.rl.distributed import shut_down
     from rshape.rl.loop import RunInterrupted, train
     from rshape.rl.rollout import DecoderError
     from rshape.rl.step import NonFiniteError
@@ -103,6 +104,7 @@ def rl(
             summary = run_phases(cfg, resume=resume, console=console)
         else:
             summary = train(cfg, resume=resume, console=console, accept_changes=accept_changes)
+        shut_down()  # data-parallel ranks leave together
     except (RunDirError, DataError, RewardRuntimeError, DecoderError, NonFiniteError) as exc:
         fail(str(exc).splitlines())
     except RunInterrupted as exc:

@@ -122,3 +122,13 @@ def gather_batch(batch: Batch, ranks: Ranks, pad_token_id: int) -> Batch:
     parts = [dataclasses.replace(batch, **p) for p in ranks.gather(rows)]
     full = Batch.concat(parts, pad_token_id)
     return dataclasses.replace(full, **{f: getattr(full, f).to(d) for f, d in devices.items()})
+
+
+def shut_down() -> None:
+    """Leave the process group at the end of a run (every rank waits for the others first), so that no rank exits
+    while gloo still holds a connection to it (`terminate called without an active exception`)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()

@@ -43,7 +43,7 @@ class Unsupported(Exception):
     """The model cannot run on the fast decoder; the message says why."""
 
 
-def _projections(layer: torch.nn.Module) -> list[torch.nn.Module]:
+def layer_projections(layer: torch.nn.Module) -> list[torch.nn.Module]:
     """A decoder layer's linear maps: q, k, v, o, gate, up, down (each nn.Linear or a peft LoRA layer over one)."""
     attn, mlp = layer.self_attn, layer.mlp
     return [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
@@ -127,7 +127,7 @@ class FastLayer:
     down: Projection  # I → hidden
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """LlamaRMSNorm: w · (x / sqrt(mean(x²) + ε)) with the statistics in float32."""
     dtype = x.dtype
     h = x.float()
@@ -135,7 +135,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * h.to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x·cos + rotate_half(x)·sin (HF's apply_rotary_pos_emb). x [R, T, heads, d], cos/sin [R, T, 1, d]."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -158,7 +158,7 @@ def check_supported(model: torch.nn.Module) -> torch.nn.Module:
         raise Unsupported(f"rope type {rope.get('rope_type')!r} depends on the sequence length")
     decoder = base.model
     effective_weight_embedding(decoder.embed_tokens)
-    for module in [base.lm_head, *(m for layer in decoder.layers for m in _projections(layer))]:
+    for module in [base.lm_head, *(m for layer in decoder.layers for m in layer_projections(layer))]:
         _active_adapters(module)
     return base
 
@@ -207,22 +207,22 @@ class FastDecoder:
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [R, T, 1, d]
         end = start + T
         for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
-            h = _rms_norm(x, layer.input_norm, self.eps)
+            h = rms_norm(x, layer.input_norm, self.eps)
             qkv = layer.qkv(h).view(R, T, H + 2 * Hkv, d)
             qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv:]
             if layer.q_norm is not None:
-                qk = torch.cat([_rms_norm(qk[:, :, :H], layer.q_norm, self.eps),
-                                _rms_norm(qk[:, :, H:], layer.k_norm, self.eps)], dim=2)
-            qk = _rotate(qk, cos, sin).transpose(1, 2)  # [R, H + H_kv, T, d]: queries and keys rotated at once
+                qk = torch.cat([rms_norm(qk[:, :, :H], layer.q_norm, self.eps),
+                                rms_norm(qk[:, :, H:], layer.k_norm, self.eps)], dim=2)
+            qk = rotate(qk, cos, sin).transpose(1, 2)  # [R, H + H_kv, T, d]: queries and keys rotated at once
             k_cache[:, :, start:end] = qk[:, H:]
             v_cache[:, :, start:end] = v.transpose(1, 2)
             attn = F.scaled_dot_product_attention(qk[:, :H], k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=attn_mask,
                                                   scale=self.scaling, enable_gqa=H != Hkv)
             x = x + layer.o(attn.transpose(1, 2).reshape(R, T, H * d))
-            h = _rms_norm(x, layer.post_norm, self.eps)
+            h = rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
-        return _rms_norm(x[:, -1], self.norm, self.eps)
+        return rms_norm(x[:, -1], self.norm, self.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
@@ -301,7 +301,7 @@ def _first_row(row_of: torch.Tensor, count: int) -> torch.Tensor:
 
 def projection_bytes(decoder: torch.nn.Module) -> int:
     """Bytes of the attention and MLP projection weights: the size of the copy a fused decoder makes."""
-    weights = [getattr(m, "base_layer", m).weight for layer in decoder.layers for m in _projections(layer)]
+    weights = [getattr(m, "base_layer", m).weight for layer in decoder.layers for m in layer_projections(layer)]
     return sum(w.numel() * w.element_size() for w in weights)
 
 

@@ -24,6 +24,7 @@ from rshape.rewards import RewardScores, RewardSet
 from rshape.rl.advantages import AdvantageInputs, estimate, estimator_needs, normalize_then_sum, step_advantages
 from rshape.rl.context import LoopContext
 from rshape.rl.distributed import SINGLE, Ranks, gather_batch
+from rshape.rl.lean_forward import lean_forward
 from rshape.rl.loss import (
     clipped_policy_loss,
     completion_logits,
@@ -212,6 +213,7 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
     totals = {"loss": 0.0, "policy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "approx_kl": 0.0}
     entropy_sum, grad_norms, tokens_seen = 0.0, [], 0
     g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
+    forward = lean_forward(model) or model  # rshape's own LoRA forward where it applies (rshape.rl.lean_forward)
     for epoch in range(algo.epochs):
         order = torch.randperm(n, generator=g) if algo.minibatches > 1 else torch.arange(n)
         for mb_rows in order.chunk(algo.minibatches):
@@ -223,7 +225,7 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
             for chunk_rows in chunks[ranks.rank::ranks.world]:  # this rank's share of the chunks
                 part = mb.select(chunk_rows).trimmed()  # similar lengths, padding-only columns dropped
                 rows, width = mb_rows[chunk_rows], part.token_ids.shape[1]
-                logp, ent = gather_logprobs(completion_logits(model, part, temperature), part.token_ids,
+                logp, ent = gather_logprobs(completion_logits(forward, part, temperature), part.token_ids,
                                             with_entropy=epoch == 0, entropy_grad=algo.entropy_coef > 0)  # [c, t]
                 mask = part.token_mask
                 terms = clipped_policy_loss(
