@@ -41,6 +41,7 @@ GEN_BOUND_TARGET = 5.0  # generation time over its FLOP bound
 UPDATE_BOUND_TARGET = 2.5  # the rest of the step over the update's FLOP bound
 THREADS = 2
 DP_RANKS = 2  # the data-parallel row: 2 processes of 1 thread on the same 2 cores
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))  # TRL's worker under `accelerate launch`: each process takes a share
 
 
 # --------------------------------------------------------------------------- shared
@@ -117,7 +118,7 @@ def summarize(framework: str, runs: list[dict], warmup: int) -> dict:
 def worker_trl(args: argparse.Namespace) -> dict:
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(THREADS if WORLD == 1 else 1)
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, TrainerCallback
@@ -154,7 +155,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
     config = GRPOConfig(
         output_dir=str(Path(args.workdir) / "trl"), seed=0, use_cpu=True, bf16=False, fp16=False,
         report_to=[], logging_steps=1, save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        max_steps=args.steps, per_device_train_batch_size=B * G, num_generations=G, gradient_accumulation_steps=1,
+        max_steps=args.steps, per_device_train_batch_size=B * G // WORLD, num_generations=G, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=args.temperature, top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", scale_rewards="group",
         epsilon=0.2, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -230,6 +231,22 @@ def worker_rshape_dp(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     rank_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"wall_s": wall, **rshape_rows(run_dir), "import_rss_mb": float("nan"), "rank_peak_rss_mb": rank_rss}
+
+
+def worker_trl_dp(args: argparse.Namespace) -> dict:
+    """TRL with 2 processes of 1 thread (`accelerate launch --cpu`, gloo): each takes half of the B·G completions."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = Path(args.workdir) / "trl-dp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [str(accelerate), "launch", "--cpu", f"--num_processes={DP_RANKS}", "--num_cpu_threads_per_process=1",
+           str(Path(__file__).resolve()), "--worker", "trl", "--model", args.model, "--workdir", args.workdir,
+           "--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts",
+           str(args.prompts), "--group", str(args.group), "--max-new-tokens", str(args.max_new_tokens), "--temperature",
+           str(args.temperature), "--lr", str(args.lr), "--lora" if args.lora else "--no-lora"]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    res = json.loads(result.read_text())
+    res["rank_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return res
 
 
 def matmul_gflops(rows: int, inner: int, cols: int, threads: int, repeats: int = 20) -> float:
@@ -315,7 +332,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, model_label: str)
     print("| framework | s/step (mean) | s/step (median) | s/step (min) | steps/s | generation s/step (median) | peak RSS MB "
           "| RSS after imports MB | mean completion tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in (trl, rs, *([results["rshape-dp"]] if "rshape-dp" in results else [])):
+    for r in (trl, rs, *[results[k] for k in ("trl-dp", "rshape-dp") if k in results]):
         cells = [r["framework"], f"{r['s_per_step_mean']:.3f}", f"{r['s_per_step_median']:.3f}",
                  f"{r['s_per_step_min']:.3f}", f"{r['steps_per_s']:.3f}",
                  f"{r['gen_s_per_step_median']:.3f}", f"{r['peak_rss_mb']:.0f}", f"{r['import_rss_mb']:.0f}",
@@ -338,6 +355,11 @@ def report(results: dict[str, dict], args: argparse.Namespace, model_label: str)
         print(f"\ndata-parallel: {DP_RANKS} ranks × 1 thread vs 1 process × {THREADS} threads = {dp_ratio:.2f}x "
               f"steps/s (medians); vs TRL {trl['s_per_step_median'] / dp['s_per_step_median']:.2f}x; peak RSS per rank "
               f"{dp['peak_rss_mb']:.0f} MB (the DP row's peak RSS is the largest rank's)")
+    if "trl-dp" in results and "rshape-dp" in results:
+        best_trl = min((trl, results["trl-dp"]), key=lambda r: r["s_per_step_median"])
+        best_rs = min((rs, results["rshape-dp"]), key=lambda r: r["s_per_step_median"])
+        print(f"best configurations: {best_rs['framework']} vs {best_trl['framework']} = "
+              f"{best_trl['s_per_step_median'] / best_rs['s_per_step_median']:.2f}x steps/s (medians)")
     fb = results.get("flop_bound")
     if fb:
         gen = rs["gen_s_per_step_median"]
@@ -385,8 +407,9 @@ def main() -> None:
     p.add_argument("--scaling", action="store_true", help="also time rshape alone over G = 4, 8, 16, 32 x max new "
                    "tokens 32, 64, 128 (4 steps each)")
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,
-                   help=f"also time rshape with {DP_RANKS} data-parallel ranks of 1 thread (torchrun, gloo)")
-    p.add_argument("--worker", choices=["trl", "rshape", "rshape-dp"], help=argparse.SUPPRESS)
+                   help=f"also time rshape with {DP_RANKS} data-parallel ranks of 1 thread (torchrun, gloo) and TRL with "
+                   f"{DP_RANKS} processes of 1 thread (accelerate launch --cpu)")
+    p.add_argument("--worker", choices=["trl", "rshape", "rshape-dp", "trl-dp"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -394,10 +417,12 @@ def main() -> None:
         p.error("--warmup must be smaller than --steps")
 
     if args.worker:
-        fn = {"trl": worker_trl, "rshape": worker_rshape, "rshape-dp": worker_rshape_dp}[args.worker]
+        fn = {"trl": worker_trl, "rshape": worker_rshape, "rshape-dp": worker_rshape_dp, "trl-dp": worker_trl_dp}[
+            args.worker]
         res = fn(args)
         res["peak_rss_mb"] = peak_rss_mb()
-        Path(args.result).write_text(json.dumps(res))
+        if os.environ.get("RANK", "0") == "0":  # under a launcher, rank 0 reports
+            Path(args.result).write_text(json.dumps(res))
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
@@ -406,15 +431,15 @@ def main() -> None:
         model_label = args.model or ("builtin:tiny-addition (copy)" if Path(model).name == "tiny-addition"
                                      else "random-init tiny Llama (built-in policy not found)")
         print(f"model: {model_label}", file=sys.stderr)
-        names = ["trl", "rshape", *(["rshape-dp"] if args.dp else [])]
+        names = ["trl", "rshape", *(["trl-dp", "rshape-dp"] if args.dp else [])]
         runs: dict[str, list[dict]] = {name: [] for name in names}
         load = [os.getloadavg()[0]]
         for round_ in range(args.rounds):  # alternate, so background load hits all alike
             for name in (names if round_ % 2 == 0 else names[::-1]):
                 runs[name].append(run_worker(name, args, model, workdir, round_))
                 load.append(os.getloadavg()[0])
-        labels = {"trl": "TRL", "rshape": f"rshape (1 process × {THREADS} threads)",
-                  "rshape-dp": f"rshape ({DP_RANKS} ranks × 1 thread)"}
+        labels = {"trl": f"TRL (1 process × {THREADS} threads)", "rshape": f"rshape (1 process × {THREADS} threads)",
+                  "trl-dp": f"TRL ({DP_RANKS} processes × 1 thread)", "rshape-dp": f"rshape ({DP_RANKS} ranks × 1 thread)"}
         results = {name: summarize(labels[name], runs[name], args.warmup) for name in names}
         results["load_avg"] = load
         rs = results["rshape"]
