@@ -246,9 +246,10 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                 if ent is not None and epoch == 0:
                     entropy_sum += (ent.detach() * mask).sum().item()
             if ranks.any(non_finite is not None):  # every rank stops together
-                raise NonFiniteError(f"step {step}: the loss is {non_finite if non_finite is not None else 'not finite'}"
-                                     " (not finite); likely causes: a reward or advantage that is inf or huge, or a "
-                                     "learning rate too high. The latest checkpoint is the last good state")
+                what = f"the loss is {non_finite}" if non_finite is not None else "another rank's loss is"
+                raise NonFiniteError(f"step {step}: {what} (not finite); likely causes: a reward or advantage that is "
+                                     "inf or huge, or a learning rate too high. The latest checkpoint is the last good "
+                                     "state")
             ranks.sum_gradients(params)
             tokens_seen += num_tokens
             grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
