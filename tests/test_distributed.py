@@ -1,5 +1,6 @@
 """Data-parallel ranks (rshape.rl.distributed): 2 gloo processes × 1 thread under torchrun give the run of one
-process — the same completions, metrics, evaluations and trained weights — and resume across layouts."""
+process — the same completions, metrics (with minibatches, KL and dynamic-sampling refills), evaluations and trained
+weights — and resume across layouts."""
 
 import json
 import os
@@ -46,6 +47,7 @@ def recipes(random_model_dir, tmp_path_factory):
         data["rollout"]["prompts_per_step"] = 4  # two whole groups per rank
         data["algorithm"]["minibatches"] = 2  # old log-probs shared across ranks, two optimizer steps per step
         data["algorithm"]["kl_beta"] = 0.05  # reference log-probs shared too
+        data["algorithm"]["dynamic_sampling"] = {"enabled": True, "max_rounds": 2}  # refills drawn alike on every rank
         data["threads"] = 1
         files[name] = root / f"{name}.yaml"
         files[name].write_text(yaml.safe_dump(data))
