@@ -48,6 +48,15 @@ def warn_if_cpu_contended(cfg, console) -> None:
         console.print(warning, style="yellow", highlight=False)
 
 
+def warn_if_updates_round_away(cfg, console) -> None:
+    """Print `low_precision_update_warning` for an `rl` recipe that trains full weights in 16 bits."""
+    from rshape.models import low_precision_update_warning, resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    if (warning := low_precision_update_warning(cfg.model, dtype, cfg.optim.lr)) is not None:
+        console.print(warning, style="yellow", highlight=False)
+
+
 @app.command()
 def rl(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file.")],
@@ -97,6 +106,7 @@ def rl(
     console = Console(stderr=True)
     if main_rank:
         warn_if_cpu_contended(cfg, console)
+        warn_if_updates_round_away(cfg, console)
     try:
         if cfg.phases:
             from rshape.phases import run_phases
