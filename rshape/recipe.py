@@ -142,6 +142,14 @@ class TaskConfig(Section):
     def dataset(self) -> bool:
         return self.name in ("dataset", "jsonl")
 
+    def eval_source(self) -> tuple[str | None, str]:
+        """(source, split) the evaluation problems come from: eval_file or train_file, eval_split or train_split."""
+        return self.eval_file or self.train_file, self.eval_split or self.train_split
+
+    def eval_from_training_split(self) -> bool:
+        """Evaluation reads the very split training reads (then it is held out of it, or taken from `eval_rows`)."""
+        return self.eval_source() == (self.train_file, self.train_split)
+
 
 class RolloutConfig(Section):
     prompts_per_step: int = Field(8, gt=0)

@@ -249,11 +249,6 @@ def read_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
     return state
 
 
-def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Restore the trainable tensors saved with the checkpoint (adapter or full weights)."""
-    copy_trainable(model, read_checkpoint_state(checkpoint)["trainable"])
-
-
 def copy_trainable(model: torch.nn.Module, trainable: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():

@@ -111,9 +111,7 @@ def _task_errors(task: Any, source: KeySource) -> list[str]:
         f = getattr(task, key)
         if f and not f.startswith("hf:") and not Path(f).exists():
             errors.append(source.line(("task", key), f"file not found: {f}"))
-    same_split = (task.eval_file or task.train_file) == task.train_file and (task.eval_split or task.train_split) == \
-        task.train_split
-    if task.train_file and same_split and task.eval_rows is not None:
+    if task.train_file and task.eval_from_training_split() and task.eval_rows is not None:
         train, held = parse_rows(task.train_rows), parse_rows(task.eval_rows)
         t0, t1 = train.start or 0, train.stop if train.stop is not None else math.inf
         e0, e1 = held.start or 0, held.stop if held.stop is not None else math.inf

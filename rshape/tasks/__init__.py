@@ -100,8 +100,8 @@ def build_task(cfg: Any, seed: int = 0) -> Task:
                              eval_seed=cfg.eval_seed)
     train = read_problems(cfg.train_file, cfg, cfg.train_split, cfg.train_rows)
     name = Path(cfg.train_file).name
-    eval_source, eval_split = eval_source_of(cfg)
-    if (eval_source, eval_split) != (cfg.train_file, cfg.train_split) or cfg.eval_rows is not None:
+    eval_source, eval_split = cfg.eval_source()
+    if not cfg.eval_from_training_split() or cfg.eval_rows is not None:
         evals = read_problems(eval_source, cfg, eval_split, cfg.eval_rows, cfg.eval_size)
         source = f"held-out: {Path(eval_source).name} ({eval_split}" + (f", rows {cfg.eval_rows})" if cfg.eval_rows else ")")
     elif len(train) > cfg.eval_size:
@@ -119,12 +119,6 @@ def build_task(cfg: Any, seed: int = 0) -> Task:
               "for a real held-out set", file=sys.stderr)
     return Task(name=Path(cfg.train_file).stem, train=train, eval=evals, verify=VERIFIERS[cfg.verifier],
                 system_prompt=cfg.system_prompt, eval_source=source, chat=cfg.chat)
-
-
-def eval_source_of(cfg: Any) -> tuple[str, str]:
-    """(source, split) the evaluation problems come from (the training split itself when neither is given)."""
-    source = cfg.eval_file or cfg.train_file
-    return source, cfg.eval_split or cfg.train_split
 
 
 __all__ = ["DataError", "Problem", "Task", "build_task", "read_problems"]
