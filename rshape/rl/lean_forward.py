@@ -13,6 +13,7 @@ keeps the model's own forward.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -116,9 +117,15 @@ class _Output:
         self.logits = logits
 
 
+_BUILT: weakref.WeakKeyDictionary[torch.nn.Module, LeanForward | None] = weakref.WeakKeyDictionary()
+
+
 def lean_forward(model: torch.nn.Module) -> LeanForward | None:
-    """A LeanForward for this model, or None when the model's own forward must run (see the module docstring)."""
-    try:
-        return LeanForward(model)
-    except Unsupported:
-        return None
+    """A LeanForward for this model, or None when the model's own forward must run (see the module docstring).
+    Built once per model: the base weights it concatenates are frozen, and the LoRA factors it reads are live."""
+    if model not in _BUILT:
+        try:
+            _BUILT[model] = LeanForward(model)
+        except Unsupported:
+            _BUILT[model] = None
+    return _BUILT[model]
