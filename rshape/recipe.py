@@ -165,10 +165,13 @@ class RolloutConfig(Section):
     max_new_tokens_from: str | None = None
     """Name of a schedule in `schedules` (e.g. `budget`) that sets the generation limit each step
     (rounded; never above max_new_tokens) — a token budget driving generation."""
-    decoder: Literal["auto", "fast", "hf"] = "auto"
+    decoder: Literal["auto", "fast", "compiled", "hf"] = "auto"
     """Generation engine: `fast` = rshape's lean decoder for Llama/Mistral/Qwen2/Qwen3 (LoRA merged and
     projections fused while the copy is under 1 GiB, static KV cache, finished rows dropped; same logits as the model),
-    `hf` = the model's own forward with a DynamicCache (any causal LM), `auto` = fast when supported."""
+    `compiled` = the fast decoder with a static-shape one-token step compiled by torch.compile (the same tokens;
+    10–30 s of compilation per process, cached across runs; finished rows stay in the batch, so on a CPU it is slower
+    than `fast` unless rows run to the limit; built for GPUs, untested there), `hf` = the model's own forward with a
+    DynamicCache (any causal LM), `auto` = fast when supported."""
 
 
 class RewardSpec(BaseModel):

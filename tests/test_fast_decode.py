@@ -160,6 +160,8 @@ def test_unsupported_models_fall_back_or_fail_clearly():
     assert not isinstance(stepper(gpt2, "auto"), FastDecoder)
     with pytest.raises(ValueError, match="rollout.decoder: fast cannot run this model"):
         stepper(gpt2, "fast")
+    with pytest.raises(ValueError, match="rollout.decoder: compiled cannot run this model"):
+        stepper(gpt2, "compiled")
     with pytest.raises(ValueError, match="unknown decoder"):
         stepper(gpt2, "turbo")
     ids, mask = prompts()
@@ -228,3 +230,66 @@ def test_cache_grows_past_its_first_allocation(monkeypatch):
     out = {d: generate(model, ids, mask, max_new_tokens=23, eos_token_id=-1, pad_token_id=0, keys=keys, decoder=d)[0]
            for d in ("hf", "fast")}
     assert out["fast"].shape == (3, 23) and torch.equal(out["hf"], out["fast"])
+
+
+def static_decoder(monkeypatch) -> None:
+    """`decoder: compiled` with its static step run uncompiled (the same arithmetic; no compile in the test), and
+    uninitialised memory made NaN, so that a masked cache slot left unwritten would show (NaN·0 is NaN)."""
+    import rshape.rl.fast_decode as fd
+
+    monkeypatch.setattr(fd, "compiled_token_step", lambda: fd.static_token_step)
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: new_empty(self, *a, **k).fill_(float("nan")))
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "qwen3"])
+def test_static_step_logits_match_the_model_forward(kind, monkeypatch):
+    import rshape.rl.fast_decode as fd
+
+    static_decoder(monkeypatch)
+    model = with_lora(tiny(kind))
+    ids, mask = prompts()
+    dec = FastDecoder(model, static=True)
+    appended = torch.tensor([[13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]])
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, positions_from_mask(mask), max_new_tokens=appended.shape[1])]
+        assert dec.cache[0][0].shape[2] == fd.STATIC_BUCKET  # 5 + 4 slots rounded up to the bucket
+        pos = positions_from_mask(mask)[:, -1] + 1
+        for t in range(appended.shape[1] - 1):
+            got.append(dec.step(appended[:, t], pos + t))
+    want = reference_logits(model, torch.cat([ids, appended], 1), torch.cat([mask, torch.ones_like(appended)], 1))
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, want[:, ids.shape[1] - 1 + t], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_static_decoder_gives_the_fast_decoders_tokens_without_dropping_rows(sampled, monkeypatch):
+    static_decoder(monkeypatch)
+    kept: list[int] = []
+    original = FastDecoder.keep_rows
+    monkeypatch.setattr(FastDecoder, "keep_rows", lambda self, rows: (kept.append(len(rows)), original(self, rows)))
+    model = with_lora(tiny("llama_gqa"))
+    ids, mask = prompts()
+    ids, mask = ids.repeat(4, 1), mask.repeat(4, 1)
+    keys = sample_keys(0, 3, [f"p{i % 3}" for i in range(12)], [i // 3 for i in range(12)]) if sampled else None
+    eos = common_eos(model, ids, mask, keys if keys is not None else sample_keys(0, 0, ["x"] * 12, list(range(12))))
+    out = {d: generate(model, ids, mask, max_new_tokens=16, eos_token_id=eos, pad_token_id=0, keys=keys, decoder=d,
+                       with_entropies=True) for d in ("fast", "compiled")}
+    assert torch.equal(out["fast"][0], out["compiled"][0])
+    torch.testing.assert_close(out["fast"][1], out["compiled"][1], atol=1e-5, rtol=1e-4)
+    if sampled:
+        assert len({int((row == eos).int().argmax()) for row in out["fast"][0] if (row == eos).any()}) >= 3
+        fast_calls = kept.index(12, 1)  # the fast decoder's calls, then the static decoder's prefill copy only
+        assert kept[fast_calls:] == [12]
+
+
+def test_compiled_decoder_gives_the_same_tokens():
+    """The real torch.compile of the static step (one compile, ~10–30 s on a CPU): the same tokens as `fast`."""
+    model = with_lora(tiny("llama_gqa"))
+    ids, mask = prompts()
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+    keys = sample_keys(0, 5, [f"p{i % 3}" for i in range(6)], [i // 3 for i in range(6)])
+    eos = common_eos(model, ids, mask, keys)
+    out = {d: generate(model, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, keys=keys, decoder=d)[0]
+           for d in ("fast", "compiled")}
+    assert torch.equal(out["fast"], out["compiled"])

@@ -61,7 +61,7 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-DECODERS = ("auto", "fast", "hf")
+DECODERS = ("auto", "fast", "compiled", "hf")
 
 
 class DecoderError(ValueError):
@@ -70,6 +70,8 @@ class DecoderError(ValueError):
 
 class _ModelStepper:
     """Prefill + one-token steps through the model's own forward and a DynamicCache (any causal LM)."""
+
+    drops_rows = True  # finished rows leave the batch and the cache
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -97,19 +99,21 @@ class _ModelStepper:
 def _check_choice(decoder: str, problem: str | None) -> None:
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
-    if decoder == "fast" and problem is not None:
-        raise DecoderError(f"rollout.decoder: fast cannot run this model: {problem}; use auto or hf")
+    if decoder in ("fast", "compiled") and problem is not None:
+        raise DecoderError(f"rollout.decoder: {decoder} cannot run this model: {problem}; use auto or hf")
 
 
 def check_decoder(model: torch.nn.Module, decoder: str) -> None:
-    """Raise DecoderError when `decoder` is `fast` and the fast decoder cannot run this model (builds nothing)."""
-    _check_choice(decoder, fast_decoder_problem(model) if decoder == "fast" else None)
+    """Raise DecoderError when `decoder` is `fast` or `compiled` and the fast decoder cannot run this model
+    (builds nothing)."""
+    _check_choice(decoder, fast_decoder_problem(model) if decoder in ("fast", "compiled") else None)
 
 
 def stepper(model: torch.nn.Module, decoder: str = "auto") -> FastDecoder | _ModelStepper:
     """The decoder `generate` runs: `fast` (rshape.rl.fast_decode; an error if the model is not supported),
-    `hf` (the model's own forward), or `auto` (fast when supported, else hf)."""
-    fast = fast_decoder(model) if decoder in ("auto", "fast") else None
+    `compiled` (the fast decoder with its static one-token step compiled), `hf` (the model's own forward), or
+    `auto` (fast when supported, else hf)."""
+    fast = fast_decoder(model, compiled=decoder == "compiled") if decoder in ("auto", "fast", "compiled") else None
     _check_choice(decoder, fast if isinstance(fast, str) else None)
     return fast if isinstance(fast, FastDecoder) else _ModelStepper(model)
 
@@ -124,7 +128,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
     input_ids, attention_mask: [R, P] left-padded.  Returns tokens [R, T] (T ≤ max_new_tokens) with
     EOS kept and pad after it, and, if asked, the entropy of the temperature-scaled sampling
     distribution at each generated token [R, T] (0 after EOS). Finished rows leave the batch and the KV cache
-    once a quarter of the live rows are done; generation stops when every row has produced EOS.
+    once a quarter of the live rows are done (not with the static `compiled` decoder, whose shapes are fixed);
+    generation stops when every row has produced EOS.
     A row's tokens depend only on its own prompt and key. `decoder`: see `stepper`.
     """
     rows, device = input_ids.shape[0], input_ids.device
@@ -149,7 +154,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         n_done = int(done.sum())
         if n_done == len(live) or t == max_new_tokens - 1:
             break
-        if 4 * n_done >= len(live):  # drop finished rows from the batch and cache once a quarter are done
+        if run.drops_rows and 4 * n_done >= len(live):  # drop finished rows from batch and cache once a quarter are done
             keep = (~done).nonzero().squeeze(1)
             run.keep_rows(keep)
             live, next_pos, tok, done = live[keep], next_pos[keep], tok[keep], done[keep]
@@ -179,7 +184,7 @@ def rollout(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, problems
             top_p: float = 1.0, system_prompt: str | None = None, chat: str = "never", device: torch.device | None = None,
             with_entropies: bool = False, decoder: str = "auto", **_: Any) -> Batch:
     """Generate `group_size` completions for each problem in one batch (not yet verified: `correct` is None).
-    keys: [B·G] sampling keys; decoder: `auto` / `fast` / `hf` (see `stepper`)."""
+    keys: [B·G] sampling keys; decoder: `auto` / `fast` / `compiled` / `hf` (see `stepper`)."""
     device = device or next(model.parameters()).device
     rows = [p for p in problems for _ in range(group_size)]
     texts = [render_prompt(p.prompt, tokenizer, system_prompt, chat) for p in rows]
