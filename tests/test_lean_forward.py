@@ -67,6 +67,9 @@ def test_logits_and_lora_gradients_equal_peft(kind):
 def test_unsupported_models_keep_their_own_forward():
     assert lean_forward(tiny("llama", lora_dropout=None)) is None  # no LoRA: full fine-tuning
     assert lean_forward(tiny("llama", lora_dropout=0.1)) is None
+    dropping = tiny("llama")
+    dropping.base_model.model.config.attention_dropout = 0.1  # the model's forward drops attention weights in training
+    assert lean_forward(dropping) is None
     model = tiny("llama")
     model.gradient_checkpointing_enable()
     assert lean_forward(model) is None
