@@ -24,8 +24,10 @@ slots), each token's K/V is written at a slot given as a tensor, attention runs 
 ones masked, and finished rows stay in the batch (their tokens are replaced by padding). Nothing in the step
 depends on the host, which is the structure CUDA graphs capture (compiled in inductor's default mode; capturing
 it is the next step and needs a GPU to test). The compile costs 10–30 s per process (inductor's cache keeps it
-across runs). On a 2-core CPU it is 6–16% faster than `fast` when every row runs to the limit, but slower in the RL
-loop, where rows finish early and `fast` drops them (4.5 against 3.5 ms per generated position on the benchmark).
+across runs), once per distinct (rows, capacity). On a 2-core CPU it is slower than `fast`: 4.5 against 3.5 ms per
+generated position in the benchmark's RL loop (rows finish early and `fast` drops them), 5.7 against 4.8 ms with
+every row running to the limit (benchmarks/device_check.py); a GPU, where per-op launch cost dominates, is what it
+is for, and it is untested there.
 
 Supported: `llama`, `mistral`, `qwen2`, `qwen3` (q/k norms) without sliding-window layers and with a
 static RoPE, plain `nn.Linear` weights with or without peft LoRA adapters (no DoRA). Anything else — a
@@ -332,7 +334,7 @@ def compiled_token_step() -> Any:
     """`static_token_step` compiled by torch.compile (inductor), once per process; later rollouts reuse it while
     their shapes and dtypes match, and a new shape recompiles with dynamic sizes."""
     if "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(static_token_step, fullgraph=True)
+        _COMPILED["step"] = torch.compile(static_token_step, fullgraph=True, dynamic=False)
     return _COMPILED["step"]
 
 
