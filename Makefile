@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 REPRO_CLAIMS := length-collapse laser-d drpo tlts par label-free
 REPRO_TARGETS := $(addprefix repro-,$(REPRO_CLAIMS))
 
-.PHONY: install test lint quickstart warmstart bench readme-tables methods-doc sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
+.PHONY: install test lint quickstart warmstart bench device-wheels readme-tables methods-doc sweep-demo rm-demo clean repro-all length-front world-front $(REPRO_TARGETS)
 
 install: $(STAMP)
 
@@ -72,6 +72,12 @@ rm-demo: install
 bench: install
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_trl.py
+
+# wheels a GPU machine's image lacks (Python 3.12, x86-64; it has torch, transformers, peft), for benchmarks/device_check.py
+DEVICE_WHEELS = pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 bitsandbytes==0.50.2
+device-wheels: install
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(foreach p,28 27 24 17,--platform manylinux_2_$(p)_x86_64) --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
 
 readme-tables: install
 	$(PY) scripts/readme_tables.py --write
