@@ -13,7 +13,7 @@ Each check prints one line, PASS or FAIL, with its numbers; the exit code is 1 i
 - lean     the lean LoRA training forward: logits and LoRA gradients equal peft's (float32; bfloat16 close)
 - qlora    a 4-bit NF4 base with LoRA (bitsandbytes) trains 2 `rshape rl` steps: finite loss, adapters moved
 - ranks    `torchrun` data-parallel ranks (NCCL on GPUs, gloo on the CPU) give the 1-process run; with one GPU
-           a 1-rank NCCL run (2 ranks need 2 GPUs)
+           only the 1-rank launch (NCCL refuses two ranks on one GPU, and one rank starts no process group)
 - speed    one rollout of 64 rows × 64 tokens and one update with each decoder / forward, in the device's fast
            dtype, on a ~100M-parameter random Llama (`--quick`: the built-in tiny policy)
 """
@@ -219,7 +219,7 @@ def data_parallel(device: torch.device, quick: bool) -> str:
         worst = max(abs(finals["one"][k] - finals["ranks"][k]) for k in keys)
         assert worst < 1e-4, f"final evaluation differs by up to {worst:.2e}"
     backend = "gloo" if device.type == "cpu" else "nccl"
-    note = "" if nproc == 2 else " (one GPU: 2 NCCL ranks need 2 GPUs)"
+    note = "" if nproc == 2 else " (one GPU: NCCL untested, 2 ranks need 2 GPUs)"
     return f"{nproc} {backend} rank(s) under torchrun = 1 process: final eval equal to {worst:.1e}{note}"
 
 
