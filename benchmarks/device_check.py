@@ -150,16 +150,16 @@ def lean_forward_grads(device: torch.device, quick: bool) -> str:
 
 
 def saved_model(root: Path, hidden: int = 64) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random 2-layer tiny-world Llama saved under root (64 wide: bitsandbytes' 4-bit blocks want 64)."""
+    from transformers import LlamaForCausalLM
 
     from rshape.tasks.tokenizer import build_char_tokenizer
+    from rshape.tasks.warmstart import tiny_llama_config
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                 max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
-                                 bos_token_id=None)).save_pretrained(root / "model")
+    LlamaForCausalLM(tiny_llama_config(len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                       num_hidden_layers=2)).save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     return str(root / "model")
 
