@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rshape.recipe import Recipe
+from rshape.recipe import Recipe, chunk_rows
 
 GIB = 1024 ** 3
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -72,7 +72,7 @@ def memory_estimate(recipe: Recipe, shape: dict[str, Any], prompt_tokens: int, d
     rows = ro.prompts_per_step * ro.group_size
     seq = prompt_tokens + ro.max_new_tokens
     kv_cache = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * b * rows * seq
-    chunk = algo.logprob_chunk or max(1, 2 ** 25 // max(1, seq * shape["vocab"]))
+    chunk = chunk_rows(algo.logprob_chunk, seq, shape["vocab"])
     row_tokens = chunk * seq * shape["hidden"]
     if m.gradient_checkpointing:  # each layer's input is kept; one layer's activations are rebuilt at a time
         activations = (shape["layers"] * b + 17 * b) * row_tokens

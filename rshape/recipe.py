@@ -191,6 +191,18 @@ class DynamicSamplingConfig(Section):
     """Extra generation rounds at most per step; the step then trains on what it has (logged as sampling/hit_cap)."""
 
 
+LOGIT_BUDGET = 1 << 25  # float32 logits per log-prob chunk when `algorithm.logprob_chunk` is null (128 MiB)
+MAX_CHUNK_ROWS = 16  # ... and at most this many rows (on a CPU, larger chunks of a small model were slower)
+
+
+def chunk_rows(logprob_chunk: int | None, width: int, vocab: int) -> int:
+    """Rows per log-prob chunk: `logprob_chunk`, or when it is null at most MAX_CHUNK_ROWS, fewer while their
+    [rows, width, vocab] float32 logits would pass LOGIT_BUDGET floats; never fewer than one."""
+    if logprob_chunk:
+        return logprob_chunk
+    return max(1, min(MAX_CHUNK_ROWS, LOGIT_BUDGET // max(1, width * vocab)))
+
+
 class AlgorithmConfig(Section):
     advantage: str = "grpo"
     """Advantage estimator by name (see Advantage estimators); `grpo` = (r − group mean) / (group std + eps)."""
@@ -219,9 +231,9 @@ class AlgorithmConfig(Section):
     """Update passes over each batch of rollouts."""
     minibatches: int = Field(1, gt=0)
     """Optimizer steps per pass (the batch of B·G completions is split into this many)."""
-    logprob_chunk: int | None = Field(16, gt=0)
+    logprob_chunk: int | None = Field(None, gt=0)
     """Rows per chunk when computing token log-probs (bounds the full-vocabulary float32 logits in memory);
-    null = as many rows as keep one chunk's logits under 2^25 floats (128 MB; slower on a CPU for tiny models)."""
+    null = at most 16 rows, fewer while one chunk's logits would pass 2^25 floats (128 MiB), never fewer than 1."""
 
 
 class OptimConfig(Section):

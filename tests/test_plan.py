@@ -68,3 +68,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(qwen_config_dir, tmp_path):
     offline = CliRunner().invoke(app, ["rl", str(recipe), "--dry-run", "model.name=builtin:tiny-graded",
                                        "task.train_file=" + str(tmp_path / "missing.jsonl")])
     assert offline.exit_code == 2 and "file not found" in offline.output  # validation still comes first
+
+
+def test_logprob_chunk_rows_by_hand(qwen_config_dir):
+    """`algorithm.logprob_chunk: null` (the default): ≤ 16 rows, fewer while their logits pass 2^25 float32s."""
+    from rshape.recipe import chunk_rows
+
+    assert Recipe().algorithm.logprob_chunk is None
+    assert chunk_rows(None, 76, 55) == 16  # tiny world: 2^25 // (76·55) = 8027 rows, capped at 16
+    assert chunk_rows(None, 1024, 2048) == 16  # exactly 2^25 floats for 16 rows
+    assert chunk_rows(None, 1024, 2049) == 15
+    assert chunk_rows(None, 1124, 151936) == 1  # Qwen's vocabulary at 1,124 tokens: 2^25 // 170.8 M = 0 → 1 row
+    assert chunk_rows(4, 1124, 151936) == 4  # a number is taken as it is
+    shape = model_shape(str(qwen_config_dir))
+    m = memory_estimate(Recipe.model_validate({"rollout": {"max_new_tokens": 1024}}), shape, 100, "bfloat16")
+    assert m["chunk_rows"] == 1 and m["logits"] == 3 * 1 * 1124 * 151936 * 4

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rshape.batch import Batch
+from rshape.recipe import chunk_rows
 from rshape.rl.rollout import positions_from_mask
 
 
@@ -38,16 +39,11 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bo
     return logp, entropy
 
 
-LOGIT_BUDGET = 1 << 25  # float32 logits per chunk when the recipe does not fix the chunk size
-
-
 def rows_per_chunk(model: torch.nn.Module, batch: Batch, chunk: int | None) -> int:
-    """`chunk`, or the most rows whose [rows, P+T, V] logits stay under LOGIT_BUDGET floats."""
-    if chunk:
-        return chunk
+    """`algorithm.logprob_chunk` rows (`chunk_rows`) for this batch's width (prompt + completion columns) and the
+    model's vocabulary."""
     vocab = model.get_output_embeddings().weight.shape[0]
-    width = batch.prompt_ids.shape[1] + batch.token_ids.shape[1]
-    return max(1, LOGIT_BUDGET // max(1, width * vocab))
+    return chunk_rows(chunk, batch.prompt_ids.shape[1] + batch.token_ids.shape[1], vocab)
 
 
 def length_sorted_chunks(batch: Batch, chunk: int) -> list[torch.Tensor]:
