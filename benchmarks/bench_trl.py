@@ -249,17 +249,21 @@ def worker_trl_dp(args: argparse.Namespace) -> dict:
     return res
 
 
-def matmul_gflops(rows: int, inner: int, cols: int, threads: int, repeats: int = 20) -> float:
-    """This CPU's float32 matmul throughput at one shape, GFLOP/s (best of `repeats`)."""
+def matmul_gflops(rows: int, inner: int, cols: int, threads: int, repeats: int = 50, spells: int = 5) -> float:
+    """This CPU's float32 matmul throughput at one shape, GFLOP/s: the best of `spells` bursts of `repeats`
+    products, half a second apart (a single burst swung 126–200 GFLOP/s between runs on the shared VM)."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(rows, inner), torch.randn(inner, cols)
     best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+    for spell in range(spells):
+        if spell:
+            time.sleep(0.5)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
     return 2 * rows * inner * cols / best / 1e9
 
 
