@@ -107,6 +107,8 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
                           f"{run.ranks.world} data-parallel ranks: every rank needs at least one prompt (group) per step")
     rewards = build_rewards(recipe.rewards, mode=recipe.reward_combine)
     check_decoder(run.model, recipe.rollout.decoder)  # before anything is written to the run directory
+    if recipe.rollout.decoder == "compiled":
+        run.say("compiling the decode step at each new batch shape (10–30 s, cached across runs)")
     run.model.train()
     params = run.policy.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=recipe.optim.betas,
