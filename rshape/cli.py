@@ -49,11 +49,11 @@ def warn_if_cpu_contended(cfg, console) -> None:
 
 
 def warn_if_updates_round_away(cfg, console) -> None:
-    """Print `low_precision_update_warning` for an `rl` recipe that trains full weights in 16 bits."""
+    """Print `low_precision_update_warning` for an `rl` recipe that trains full 16-bit weights without masters."""
     from rshape.models import low_precision_update_warning, resolve_device, resolve_dtype
 
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    if (warning := low_precision_update_warning(cfg.model, dtype, cfg.optim.lr)) is not None:
+    if (warning := low_precision_update_warning(cfg.model, dtype, cfg.optim.lr, cfg.optim.float32_master)) is not None:
         console.print(warning, style="yellow", highlight=False)
 
 

@@ -30,19 +30,20 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def low_precision_update_warning(cfg: ModelConfig, dtype: torch.dtype, lr: float) -> str | None:
-    """A one-line warning for full fine-tuning in a 16-bit dtype at a small learning rate, else None.
+def low_precision_update_warning(cfg: ModelConfig, dtype: torch.dtype, lr: float, float32_master: bool
+                                 ) -> str | None:
+    """A one-line warning for full fine-tuning in a 16-bit dtype at a small learning rate without float32 master
+    weights (`optim.float32_master: false`), else None.
 
-    rshape keeps no float32 master copy: the optimizer writes its step into the 16-bit weights, and a step smaller
-    than half the spacing of representable values (about weight/256 in bfloat16) is lost. AdamW's steps are about
-    lr in size, so at lr 1e-6 most weights never move (1.9% of them changed after 10 steps, measured on bfloat16
-    weights of typical size). LoRA adapters are float32 and are not affected."""
-    if cfg.lora.enabled or dtype not in (torch.bfloat16, torch.float16) or lr >= 1e-4:
+    The optimizer then writes its step into the 16-bit weights, and a step smaller than half the spacing of
+    representable values (about weight/256 in bfloat16) is lost. AdamW's steps are about lr in size, so at lr 1e-6
+    most weights never move (rshape.rl.masters). LoRA adapters are float32 and are not affected."""
+    if float32_master or cfg.lora.enabled or dtype not in (torch.bfloat16, torch.float16) or lr >= 1e-4:
         return None
     name = str(dtype).removeprefix("torch.")
-    return (f"warning: full fine-tuning in {name} at lr {lr:g}: rshape keeps no float32 master weights, so optimizer "
-            f"steps smaller than about 1/256 of a weight round away in {name} and most weights will not move; use "
-            "dtype: float32 for full fine-tuning, or LoRA (its adapters train in float32)")
+    return (f"warning: full fine-tuning in {name} at lr {lr:g} with optim.float32_master: false: optimizer steps "
+            f"smaller than about 1/256 of a weight round away in {name} and most weights will not move; keep the "
+            "float32 masters (the default), use dtype: float32, or LoRA")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -2,10 +2,10 @@
 
 The plan: steps, prompts and completions per step, the most tokens a step generates, the data (loaded when it is
 reachable), the model's parameters and trainable parameters (counted on the meta device: no weights load), and an
-estimate of the GPU memory: weights, gradients and AdamW state, the KV cache of a step's generation, and the
-activations and logits of one training chunk. The estimate is a sum of textbook terms (activations after
-Korthikanti et al. 2022, arXiv 2205.05198: ≈ 34·s·h bytes per layer and row in 16-bit without recomputation);
-allocator overhead and fragmentation come on top, so read it as ±30%.
+estimate of the GPU memory: weights, gradients and AdamW state (with float32 masters for 16-bit full fine-tuning),
+the KV cache of a step's generation, and the activations and logits of one training chunk. The estimate is a sum
+of textbook terms (activations after Korthikanti et al. 2022, arXiv 2205.05198: ≈ 34·s·h bytes per layer and row
+in 16-bit without recomputation); allocator overhead and fragmentation come on top, so read it as ±30%.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def memory_estimate(recipe: Recipe, shape: dict[str, Any], prompt_tokens: int, d
     if m.lora.enabled:
         trainable = lora_parameters(shape, m.lora.r, m.lora.target_modules)
         optimiser = trainable * 16  # peft keeps adapters in float32: weight, gradient, two AdamW moments
+    elif b < 4 and recipe.optim.float32_master:  # 16-bit gradient; float32 master, its gradient, two AdamW moments
+        trainable = total
+        optimiser = total * (b + 16)
     else:
         trainable = total
         optimiser = total * 3 * b  # gradient and two AdamW moments in the parameters' dtype

@@ -249,6 +249,10 @@ class OptimConfig(Section):
     """Linear warm-up steps."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping norm."""
+    float32_master: bool = True
+    """With 16-bit trained weights (full fine-tuning in bfloat16/float16): AdamW moves float32 master copies (moments
+    in float32) and writes them back rounded, so steps below the 16-bit spacing accumulate instead of rounding away;
+    +12 bytes per trained parameter. false = AdamW on the 16-bit weights. LoRA adapters are float32 already."""
 
 
 class TrainConfig(Section):

@@ -90,3 +90,23 @@ def test_resume_across_layouts(recipes):
         run_rl(files["two"], out, nproc=first)  # 2 steps with one layout...
         run_rl(files["four"], out, nproc=then, resume=True)  # ...then to 4 with the other (train.steps may grow)
         assert_same_run(one, out)
+
+
+def test_two_ranks_with_float32_masters_give_the_one_process_run(random_model_dir, tmp_path):
+    """bf16 full fine-tuning: the ranks sum the masters' float32 gradients, step the same masters and round the same
+    weights as one process."""
+    data = tiny_recipe(random_model_dir, tmp_path / "unused", steps=2, dtype="bfloat16",
+                       **{"model.lora.enabled": False, "optim.lr": 3e-5}).model_dump(mode="json")
+    data["rollout"]["prompts_per_step"] = 4
+    data["threads"] = 1
+    recipe = tmp_path / "bf16.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run_rl(recipe, tmp_path / "one")
+    run_rl(recipe, tmp_path / "two", nproc=2)
+    states = [torch.load(tmp_path / r / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+              for r in ("one", "two")]
+    assert states[0]["masters"] and all(m.dtype == torch.float32 for m in states[0]["masters"])
+    for a, b in zip(states[0]["masters"], states[1]["masters"]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)  # float32 sums in another order
+    ra, rb = (comparable(read_jsonl(tmp_path / r / "samples.jsonl")) for r in ("one", "two"))
+    assert [s["completion"] for s in ra] == [s["completion"] for s in rb]

@@ -41,7 +41,9 @@ def test_memory_terms_by_hand(qwen_config_dir):
     m = memory_estimate(recipe, shape, prompt_tokens=28, dtype="bfloat16")
     p = 1_543_714_304
     assert m["weights"] == 2 * p and m["frozen reference"] == 2 * p  # full fine-tuning with KL keeps a copy
-    assert m["trainable state"] == 3 * 2 * p  # gradient + two AdamW moments in bf16
+    assert m["trainable state"] == (2 + 4 + 4 + 8) * p  # bf16 gradient; float32 master, its gradient, two moments
+    pure = Recipe.model_validate({**recipe.model_dump(), "optim": {"float32_master": False}})
+    assert memory_estimate(pure, shape, prompt_tokens=28, dtype="bfloat16")["trainable state"] == 3 * 2 * p
     assert m["KV cache"] == 2 * 28 * 2 * 128 * 2 * 8 * 128  # k and v, layers, kv heads, head dim, bytes, rows, tokens
     assert m["logits"] == 3 * 2 * 128 * 151936 * 4 and m["activations"] == 28 * 34 * 2 * 128 * 1536
     lora = memory_estimate(Recipe.model_validate({"model": {"load_in_4bit": True}}), shape, 28, "bfloat16")

@@ -715,17 +715,19 @@ def test_process_reward_with_step_credit_trains(random_model_dir, tmp_path):
         assert "reward/steps/raw" in r
 
 
-def test_full_fine_tuning_in_16_bits_at_a_small_lr_is_warned():
-    """bf16 weights without a float32 master copy: an AdamW step of lr 1e-6 rounds away for weights of typical size
-    (checked here on the arithmetic itself), so such a recipe gets a warning; LoRA and float32 do not."""
+def test_full_fine_tuning_in_16_bits_without_masters_at_a_small_lr_is_warned():
+    """bf16 weights without a float32 master copy (`optim.float32_master: false`): an AdamW step of lr 1e-6 rounds
+    away for weights of typical size (checked here on the arithmetic itself), so such a recipe gets a warning; with
+    the masters (the default), LoRA or float32 it does not."""
     from rshape.models import low_precision_update_warning
     from rshape.recipe import ModelConfig
 
     w = torch.full((1000,), 0.02, dtype=torch.bfloat16)
     assert torch.equal(w - torch.full_like(w, 1e-6), w)  # the step is lost
     full, lora = ModelConfig(lora={"enabled": False}), ModelConfig()
-    warning = low_precision_update_warning(full, torch.bfloat16, 1e-6)
-    assert warning is not None and "dtype: float32" in warning and "\n" not in warning
-    assert low_precision_update_warning(lora, torch.bfloat16, 1e-6) is None
-    assert low_precision_update_warning(full, torch.float32, 1e-6) is None
-    assert low_precision_update_warning(full, torch.bfloat16, 1e-3) is None
+    warning = low_precision_update_warning(full, torch.bfloat16, 1e-6, float32_master=False)
+    assert warning is not None and "float32_master" in warning and "\n" not in warning
+    assert low_precision_update_warning(full, torch.bfloat16, 1e-6, float32_master=True) is None
+    assert low_precision_update_warning(lora, torch.bfloat16, 1e-6, float32_master=False) is None
+    assert low_precision_update_warning(full, torch.float32, 1e-6, float32_master=False) is None
+    assert low_precision_update_warning(full, torch.bfloat16, 1e-3, float32_master=False) is None

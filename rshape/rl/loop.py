@@ -34,6 +34,7 @@ from rshape.progress import StepProgress
 from rshape.recipe import Recipe, recipe_to_yaml
 from rshape.rewards import build_rewards
 from rshape.rl.advantages import ADVANTAGES
+from rshape.rl.masters import Float32Masters
 from rshape.rl.rollout import check_decoder, rollout
 from rshape.rl.sampling import sample_keys
 from rshape.rl.session import RunSession
@@ -68,9 +69,10 @@ def probe_estimator(model, tokenizer, task: Any, recipe: Recipe, device: torch.d
     return estimate
 
 
-# keys a resumed run may change without --accept-changes: they do not alter what the finished steps computed
+# keys a resumed run may change without --accept-changes: they do not alter what the finished steps computed (the
+# device, threads and log-prob chunking change float rounding only)
 SAFE_ON_RESUME = ("train.steps", "train.progress", "train.log_samples", "train.checkpoint_every", "eval.", "threads",
-                  "device", "output_dir", "trackers.")
+                  "device", "output_dir", "trackers.", "algorithm.logprob_chunk")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,7 +113,8 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
         run.say("compiling the decode step at each new batch shape (10–30 s, cached across runs)")
     run.model.train()
     params = run.policy.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=recipe.optim.betas,
+    masters = Float32Masters(params) if Float32Masters.needed(params, recipe.optim.float32_master) else None
+    optimizer = torch.optim.AdamW(masters.params if masters else params, lr=recipe.optim.lr, betas=recipe.optim.betas,
                                   weight_decay=recipe.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(recipe.optim.schedule, recipe.optim.warmup_steps, recipe.train.steps))
@@ -121,12 +124,14 @@ def set_up(recipe: Recipe, resume: bool, accept_changes: bool = False,
                                 cache_path=run.run_dir / "curriculum_probe.json")  # plain seeded epochs by default
     monitor = PromptSampler(run.task.train, recipe.seed + 1).next(min(64, len(run.task.train)))  # fixed monitor split
     t = Trainer(run, rewards, ADVANTAGES.get(recipe.algorithm.advantage), optimizer, scheduler, params, sampler,
-                {name: parse_schedule(spec) for name, spec in recipe.schedules.items()}, monitor)
+                {name: parse_schedule(spec) for name, spec in recipe.schedules.items()}, monitor, masters)
     logs = ("metrics", "samples", "eval")
     if not resume:
         run.start({"dtype": str(run.dtype)}, logs)
         return t, 0
     state = restore_checkpoint(run.run_dir, run.model, optimizer)
+    if masters is not None:
+        masters.load_state_dict(state.get("masters"))
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     rewards.load_state_dict(state["reward_state"])
@@ -156,7 +161,8 @@ def record_changes(run: RunSession, changes: list[tuple[str, Any, Any]], step: i
 
 def checkpoint(t: Trainer, step: int) -> None:
     t.run.checkpoint(step, optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
-                     sampler=t.sampler.state_dict(), torch_rng=torch.get_rng_state(), reward_state=t.rewards.state_dict())
+                     sampler=t.sampler.state_dict(), torch_rng=torch.get_rng_state(), reward_state=t.rewards.state_dict(),
+                     masters=t.masters.state_dict() if t.masters is not None else None)
 
 
 class RunInterrupted(Exception):

@@ -33,6 +33,7 @@ from rshape.rl.loss import (
     rows_per_chunk,
     token_logprobs,
 )
+from rshape.rl.masters import Float32Masters
 from rshape.rl.rollout import rollout
 from rshape.rl.sampling import sample_keys
 from rshape.rl.session import RunSession
@@ -56,6 +57,7 @@ class Trainer:
     sampler: CurriculumSampler
     schedules: dict[str, Schedule]
     monitor: list[Any]  # a fixed split of training problems for rewards that probe the policy
+    masters: Float32Masters | None = None  # what the optimizer moves when the trained weights are 16-bit
 
     @property
     def recipe(self) -> Recipe:
@@ -194,10 +196,12 @@ def shared_logprobs(model: torch.nn.Module, ro: Batch, temperature: float, chunk
 
 
 def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Recipe, optimizer: torch.optim.Optimizer,
-                  params: list[torch.nn.Parameter], step: int, ranks: Ranks = SINGLE) -> dict[str, float]:
+                  params: list[torch.nn.Parameter], step: int, ranks: Ranks = SINGLE,
+                  masters: Float32Masters | None = None) -> dict[str, float]:
     """`epochs` passes of `minibatches` optimizer steps over the rollouts; returns loss/policy metrics. With several
     data-parallel ranks each back-propagates its share of every minibatch's row chunks (the minibatch's normalisers
-    make the chunk losses add up) and the gradients are summed before the step."""
+    make the chunk losses add up) and the gradients are summed before the step. With `masters` the gradients move
+    onto the float32 masters, which the optimizer steps and which are then rounded into the model."""
     algo, temperature = recipe.algorithm, recipe.rollout.temperature
     model = policy.model
     device = ro.token_ids.device
@@ -250,14 +254,19 @@ def policy_update(policy: Any, ro: Batch, advantages: torch.Tensor, recipe: Reci
                 raise NonFiniteError(f"step {step}: {what} (not finite); likely causes: a reward or advantage that is "
                                      "inf or huge, or a learning rate too high. The latest checkpoint is the last good "
                                      "state")
-            ranks.sum_gradients(params)
+            if masters is not None:
+                masters.take_gradients()
+            stepped = masters.params if masters is not None else params  # what the optimizer moves
+            ranks.sum_gradients(stepped)
             tokens_seen += num_tokens
-            grad_norms.append(torch.nn.utils.clip_grad_norm_(params, recipe.optim.max_grad_norm).item())
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(stepped, recipe.optim.max_grad_norm).item())
             if not math.isfinite(grad_norms[-1]):
                 raise NonFiniteError(f"step {step}: the gradient norm is {grad_norms[-1]} (not finite); likely causes: "
                                      "weights already broken by a learning rate too high, or an inf advantage. The "
                                      "latest checkpoint is the last good state")
             optimizer.step()
+            if masters is not None:
+                masters.write_back()
     if ranks.world > 1:  # the loss terms and counts of every rank's chunks
         keys = list(totals)
         summed = ranks.sum_(torch.tensor([totals[k] for k in keys] + [entropy_sum], dtype=torch.float64,
@@ -279,7 +288,8 @@ def update(t: Trainer, batch: Batch, advantages: torch.Tensor, step: int) -> dic
     if t.recipe.algorithm.mask_truncated:
         batch.token_mask &= ~batch.truncated.to(batch.token_mask.device)[:, None]
     if batch.token_ids.shape[0] and batch.num_tokens:
-        metrics = policy_update(t.run.policy, batch, advantages, t.recipe, t.optimizer, t.params, step, t.run.ranks)
+        metrics = policy_update(t.run.policy, batch, advantages, t.recipe, t.optimizer, t.params, step, t.run.ranks,
+                                t.masters)
     else:  # nothing to learn from (every group dropped or masked): no optimizer step
         metrics = {"optim/skipped": 1.0}
     with warnings.catch_warnings():  # the LR follows RL steps, skipped or not: torch's order warning is moot
