@@ -12,6 +12,7 @@ Each check prints one line, PASS or FAIL, with its numbers; the exit code is 1 i
            steps)
 - lean     the lean LoRA training forward: logits and LoRA gradients equal peft's (float32; bfloat16 close)
 - qlora    a 4-bit NF4 base with LoRA (bitsandbytes) trains 2 `rshape rl` steps: finite loss, adapters moved
+- masters  bfloat16 full fine-tuning at lr 1e-6 keeps float32 master weights that hold the steps bf16 rounds away
 - ranks    `torchrun` data-parallel ranks (NCCL on GPUs, gloo on the CPU) give the 1-process run; with one GPU
            only the 1-rank launch (NCCL refuses two ranks on one GPU, and one rank starts no process group)
 - speed    one rollout of 64 rows × 64 tokens and one update with each decoder / forward, in the device's fast
@@ -190,6 +191,25 @@ def qlora(device: torch.device, quick: bool) -> str:
         moved = sum(float(v.abs().sum()) for k, v in state["trainable"].items() if "lora_B" in k)
         assert moved > 0, "the LoRA B factors did not move"
     return f"2 steps on a 4-bit NF4 base: loss {rows[-1]['loss/total']:.3g}, |lora_B| sum {moved:.3g}"
+
+
+@check("masters")
+def bf16_full_fine_tuning(device: torch.device, quick: bool) -> str:
+    from rshape.recipe import Recipe
+    from rshape.rl.loop import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = recipe_dict(saved_model(root), root / "run", device)
+        data.update(dtype="bfloat16", optim={"lr": 1e-6})
+        data["model"]["lora"]["enabled"] = False
+        train(Recipe.model_validate(data))
+        state = torch.load(root / "run" / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+        masters, weights = state["masters"], list(state["trainable"].values())
+        assert masters and all(m.dtype == torch.float32 for m in masters), "no float32 masters were saved"
+        finer = sum(int((m != w.float()).sum()) for m, w in zip(masters, weights))
+        total = sum(m.numel() for m in masters)
+    return f"2 bf16 full-fine-tuning steps at lr 1e-6: {finer:,} of {total:,} master values hold steps bf16 rounds away"
 
 
 @check("ranks")
