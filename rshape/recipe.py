@@ -170,8 +170,8 @@ class RolloutConfig(Section):
     projections fused while the copy is under 1 GiB, static KV cache, finished rows dropped; same logits as the model),
     `compiled` = the fast decoder with a static-shape one-token step compiled by torch.compile (the same tokens;
     10–30 s of compilation per process, cached across runs; finished rows stay in the batch; slower than `fast` on a
-    CPU; built for GPUs, untested there), `hf` = the model's own forward with a
-    DynamicCache (any causal LM), `auto` = fast when supported."""
+    CPU; built for GPUs, untested there), `hf` = the model's own forward with a DynamicCache (any causal LM),
+    `auto` = fast when supported."""
 
 
 class RewardSpec(BaseModel):
